@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make run` opens the panel, `make test` runs every test.
+# Both are idempotent: a second run reuses the environments and the model it built.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+ENGINE := .venv-vllm
+QUANT := .venv-quant
+TINY_MODEL := .models/tiny
+STAMP := $(VENV)/.qtui-panel-ready
+
+.PHONY: run test panel engine quant-env tiny-model lint check clean
+
+run: panel engine tiny-model
+	$(VENV)/bin/qtui init --engine $(ENGINE)/bin/vllm --cpu-model $(TINY_MODEL)
+	$(VENV)/bin/qtui
+
+panel: $(STAMP)
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+engine:
+	bash scripts/setup-engine.sh $(ENGINE)
+
+quant-env:
+	bash scripts/setup-quant.sh $(QUANT)
+
+tiny-model: panel
+	$(VENV)/bin/qtui tiny-model $(TINY_MODEL)
+
+lint: panel
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+test: panel engine quant-env lint
+	QTUI_VLLM=$(CURDIR)/$(ENGINE)/bin/vllm QTUI_QUANT_PYTHON=$(CURDIR)/$(QUANT)/bin/python \
+	  $(VENV)/bin/pytest -q -ra
+
+clean:
+	rm -rf $(VENV) $(ENGINE) $(QUANT) .models

@@ -1,0 +1,427 @@
+"""The vLLM server supervisor: start, watch, stop, and re-attach after a restart.
+
+The server runs in its own session (so an SSH drop or a killed panel leaves it
+running), writes to a log file in the state dir, and is described by a state
+file that any later `qtui` reads to re-attach. The phase is always derived
+from the world (is the process alive, does /health answer) rather than
+remembered, so two views of one server can never disagree for long.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+from backend import paths
+from backend.config import ServeProfile
+from backend.engine import Engine
+from backend.serve_args import LaunchPlan, masked_command, plan_launch
+from backend.vllm_log import diagnose, last_error_line, shows_loading, tail_lines
+
+
+class Phase(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPING = "stopping"
+
+    @property
+    def is_up(self) -> bool:
+        return self in (Phase.STARTING, Phase.LOADING, Phase.READY, Phase.STOPPING)
+
+
+class SupervisorError(RuntimeError):
+    """A start or stop could not be done; the message is one line with the fix."""
+
+    def __init__(self, message: str, exit_code: int | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class ServerRecord:
+    """The state file: what was launched, so any later qtui can find it."""
+
+    pid: int
+    pgid: int
+    create_time: float
+    """psutil's process start time: guards against a recycled pid."""
+    host: str
+    port: int
+    url: str
+    profile_name: str
+    profile: dict[str, Any]
+    spec: str
+    kv_cache_dtype: str
+    started_at: float
+    log_path: str
+    command: str
+    """The masked command line, for display."""
+    intent: str = "run"
+    """run | stopping | stopped | failed: what the owner last meant or found."""
+    exit_code: int | None = None
+    reason: str | None = None
+    stopped_at: float | None = None
+    notes: list[str] = field(default_factory=list)
+    """What the launch check told the user (aliases mapped, warnings)."""
+
+    @property
+    def serve_profile(self) -> ServeProfile:
+        return ServeProfile.model_validate(self.profile)
+
+
+@dataclass
+class ServerStatus:
+    phase: Phase
+    record: ServerRecord | None
+    reason: str | None = None
+    exit_code: int | None = None
+
+    @property
+    def uptime_s(self) -> float | None:
+        if self.record is None or not self.phase.is_up:
+            return None
+        return max(0.0, time.time() - self.record.started_at)
+
+    def to_json(self) -> dict[str, Any]:
+        record = self.record
+        return {
+            "phase": self.phase.value,
+            "pid": record.pid if record and self.phase.is_up else None,
+            "pgid": record.pgid if record and self.phase.is_up else None,
+            "url": record.url if record else None,
+            "profile": record.profile_name if record else None,
+            "model": record.profile.get("model") if record else None,
+            "spec": record.spec if record else None,
+            "kv_cache_dtype": record.kv_cache_dtype if record else None,
+            "uptime_s": round(self.uptime_s, 1) if self.uptime_s is not None else None,
+            "started_at": _iso(record.started_at) if record else None,
+            "log": record.log_path if record else None,
+            "reason": self.reason,
+            "exit_code": self.exit_code,
+        }
+
+
+@dataclass
+class StopReport:
+    steps: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    exit_code: int | None = None
+    leftover_pids: list[int] = field(default_factory=list)
+
+
+def _iso(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds")
+
+
+def group_members(pgid: int) -> list[psutil.Process]:
+    """Live (non-zombie) processes whose process group is `pgid`."""
+    members = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            continue
+    return members
+
+
+class ServerSupervisor:
+    """Owns at most one vLLM server per state dir."""
+
+    def __init__(self, engine: Engine | None, state_dir: Path | None = None) -> None:
+        self.engine = engine
+        self.state_dir = state_dir or paths.state_dir()
+        self.state_path = self.state_dir / "server.json"
+        self._lock_path = self.state_dir / "server.lock"
+        self._child: subprocess.Popen[bytes] | None = None
+        self._before_stop: list[Callable[[], None]] = []
+        self._http = httpx.Client(timeout=httpx.Timeout(2.0, connect=1.0))
+
+    # -- state file -------------------------------------------------------
+    def load_record(self) -> ServerRecord | None:
+        try:
+            data = json.loads(self.state_path.read_text())
+            return ServerRecord(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def _save_record(self, record: ServerRecord) -> None:
+        tmp = self.state_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(asdict(record), indent=2))
+        os.replace(tmp, self.state_path)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One start/stop at a time across every qtui process on this machine."""
+        with open(self._lock_path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- observing --------------------------------------------------------
+    def _leader(self, record: ServerRecord) -> psutil.Process | None:
+        try:
+            proc = psutil.Process(record.pid)
+            if abs(proc.create_time() - record.create_time) > 1.0:
+                return None  # the pid was recycled by an unrelated process
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                self._reap()
+                return None
+            return proc
+        except psutil.Error:
+            return None
+
+    def _reap(self) -> int | None:
+        if self._child is not None:
+            code = self._child.poll()
+            return code
+        return None
+
+    def health_ok(self, url: str) -> bool:
+        try:
+            return self._http.get(f"{url}/health").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def status(self) -> ServerStatus:
+        record = self.load_record()
+        if record is None:
+            return ServerStatus(Phase.STOPPED, None)
+        leader = self._leader(record)
+        if leader is not None:
+            if record.intent == "stopping":
+                return ServerStatus(Phase.STOPPING, record)
+            if self.health_ok(record.url):
+                return ServerStatus(Phase.READY, record)
+            loading = shows_loading(tail_lines(Path(record.log_path), 400))
+            return ServerStatus(Phase.LOADING if loading else Phase.STARTING, record)
+        if record.intent in ("stopping", "stopped"):
+            return ServerStatus(Phase.STOPPED, record, record.reason, record.exit_code)
+        if record.intent == "failed":
+            return ServerStatus(Phase.FAILED, record, record.reason, record.exit_code)
+        # It died without being asked to: find out why, and remember it.
+        code = self._reap()
+        record.exit_code = code if code is not None else record.exit_code
+        record.reason = self.failure_reason(record)
+        record.intent = "failed"
+        record.stopped_at = time.time()
+        self._save_record(record)
+        return ServerStatus(Phase.FAILED, record, record.reason, record.exit_code)
+
+    def failure_reason(self, record: ServerRecord) -> str:
+        lines = tail_lines(Path(record.log_path), 600)
+        found = diagnose(lines)
+        if found:
+            return found.advice
+        last = last_error_line(lines)
+        code = f" (exit code {record.exit_code})" if record.exit_code is not None else ""
+        return f"vLLM exited{code}: {last}" if last else f"vLLM exited{code}; see {record.log_path}"
+
+    # -- starting ---------------------------------------------------------
+    def plan(self, profile: ServeProfile) -> LaunchPlan:
+        if self.engine is None:
+            raise SupervisorError("no vLLM engine configured: set QTUI_VLLM")
+        return plan_launch(profile, self.engine)
+
+    def start(
+        self,
+        profile_name: str,
+        profile: ServeProfile,
+        *,
+        wait: bool = True,
+        timeout_s: float = 900.0,
+        on_phase: Callable[[ServerStatus], None] | None = None,
+    ) -> ServerStatus:
+        """Launch the server; with `wait`, return once /health answers 200.
+
+        Raises SupervisorError (with vLLM's exit code when it died) on failure,
+        after making sure nothing of the attempt is left running.
+        """
+        with self._locked():
+            current = self.status()
+            if current.phase.is_up and current.record:
+                raise SupervisorError(
+                    f"a server is already {current.phase.value} (pid {current.record.pid}, "
+                    f"{current.record.url}): stop it first, or use restart"
+                )
+            plan = self.plan(profile)
+            record = self._spawn(profile_name, profile, plan)
+        if not wait:
+            return self.status()
+        return self.wait_ready(record, timeout_s=timeout_s, on_phase=on_phase)
+
+    def _spawn(self, profile_name: str, profile: ServeProfile, plan: LaunchPlan) -> ServerRecord:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        log_path = paths.logs_dir() / f"server-{stamp}-{profile.port}.log"
+        command = masked_command(plan.argv)
+        with open(log_path, "ab") as log:
+            log.write(f"# qtui: {command}\n".encode())
+            for note in plan.notes:
+                log.write(f"# qtui: {note}\n".encode())
+            log.flush()
+            self._child = subprocess.Popen(
+                plan.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **plan.env},
+            )
+        try:
+            create_time = psutil.Process(self._child.pid).create_time()
+        except psutil.Error:
+            create_time = time.time()
+        profile = plan.profile or profile
+        record = ServerRecord(
+            pid=self._child.pid,
+            pgid=self._child.pid,
+            create_time=create_time,
+            host=profile.host,
+            port=profile.port,
+            url=plan.url,
+            profile_name=profile_name,
+            profile=profile.model_dump(mode="json"),
+            spec=profile.speculative.method,
+            kv_cache_dtype=profile.kv_cache_dtype,
+            started_at=time.time(),
+            log_path=str(log_path),
+            command=command,
+            notes=list(plan.notes),
+        )
+        self._save_record(record)
+        return record
+
+    def wait_ready(
+        self,
+        record: ServerRecord,
+        *,
+        timeout_s: float = 900.0,
+        on_phase: Callable[[ServerStatus], None] | None = None,
+        poll_s: float = 0.25,
+    ) -> ServerStatus:
+        deadline = time.monotonic() + timeout_s
+        last_phase: Phase | None = None
+        while True:
+            status = self.status()
+            if status.phase != last_phase:
+                last_phase = status.phase
+                if on_phase:
+                    on_phase(status)
+            if status.phase == Phase.READY:
+                return status
+            if status.phase in (Phase.FAILED, Phase.STOPPED):
+                self._kill_group(record.pgid, StopReport())
+                raise SupervisorError(
+                    status.reason or "vLLM stopped before it was ready", status.exit_code
+                )
+            if time.monotonic() > deadline:
+                self.stop()
+                raise SupervisorError(
+                    f"vLLM was not ready after {timeout_s:.0f} s; stopped it. "
+                    f"See {record.log_path}"
+                )
+            time.sleep(poll_s)
+
+    # -- stopping ---------------------------------------------------------
+    def add_before_stop(self, callback: Callable[[], None]) -> None:
+        """Run `callback` before signalling: close our own streams so vLLM need not wait."""
+        self._before_stop.append(callback)
+
+    def stop(
+        self, *, first_wait_s: float = 15.0, second_wait_s: float = 10.0, term_wait_s: float = 5.0
+    ) -> StopReport:
+        """SIGINT, wait, SIGINT again, then killpg TERM, then KILL; confirm the group is gone."""
+        report = StopReport()
+        started = time.monotonic()
+        with self._locked():
+            record = self.load_record()
+            if record is None:
+                report.steps.append("no server recorded")
+                return report
+            for callback in self._before_stop:
+                with contextlib.suppress(Exception):
+                    callback()
+            if self._leader(record) is not None:
+                record.intent = "stopping"
+                self._save_record(record)
+                for step, wait in (("SIGINT", first_wait_s), ("SIGINT again", second_wait_s)):
+                    report.steps.append(step)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(record.pid, signal.SIGINT)
+                    if self._wait_group_gone(record, wait):
+                        break
+            else:
+                report.steps.append("leader already gone")
+            self._kill_group(record.pgid, report, term_wait_s)
+            report.exit_code = self._reap()
+            record.intent = "stopped"
+            record.exit_code = report.exit_code
+            record.stopped_at = time.time()
+            self._save_record(record)
+        report.seconds = time.monotonic() - started
+        if report.leftover_pids:
+            raise SupervisorError(
+                f"processes {report.leftover_pids} of the server survived SIGKILL: "
+                "check them with `ps` (they may be stuck in the kernel)"
+            )
+        return report
+
+    def _wait_group_gone(self, record: ServerRecord, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            self._reap()
+            if self._leader(record) is None and not group_members(record.pgid):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def _kill_group(self, pgid: int, report: StopReport, term_wait_s: float = 5.0) -> None:
+        for sig, name in ((signal.SIGTERM, "killpg TERM"), (signal.SIGKILL, "killpg KILL")):
+            if not group_members(pgid):
+                break
+            report.steps.append(name)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, sig)
+            deadline = time.monotonic() + term_wait_s
+            while time.monotonic() < deadline and group_members(pgid):
+                self._reap()
+                time.sleep(0.1)
+        self._reap()
+        report.leftover_pids = [proc.pid for proc in group_members(pgid)]
+
+    def restart(
+        self,
+        profile_name: str | None = None,
+        profile: ServeProfile | None = None,
+        **start_kwargs: Any,
+    ) -> ServerStatus:
+        """Stop, then start with `profile` (default: what was running)."""
+        record = self.load_record()
+        if profile is None or profile_name is None:
+            if record is None:
+                raise SupervisorError("nothing to restart: no server was started yet")
+            profile_name, profile = record.profile_name, record.serve_profile
+        self.stop()
+        return self.start(profile_name, profile, **start_kwargs)
+
+    def close(self) -> None:
+        self._http.close()

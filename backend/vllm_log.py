@@ -1,0 +1,182 @@
+"""Reading vLLM's log: fatal lines turned into advice, startup phases, readouts.
+
+Log lines look like `(APIServer pid=123) INFO 11-29 18:01:02 [file.py:335] msg`;
+uvicorn and tracebacks come unprefixed on stderr, which qtui merges in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+LOG_PREFIX = re.compile(
+    r"^\((?P<proc>[A-Za-z_]+[A-Za-z0-9_]*) pid=(?P<pid>\d+)\)\s+"
+    r"(?P<level>DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+(?P<stamp>\d\d-\d\d \d\d:\d\d:\d\d)\s+"
+    r"\[(?P<where>[^\]]+)\]\s?(?P<message>.*)$"
+)
+
+
+def clean_line(raw: str) -> str:
+    """Strip colour codes and carriage-return progress redraws."""
+    line = ANSI_ESCAPE.sub("", raw.rstrip("\n"))
+    if "\r" in line:
+        line = line.rstrip("\r").rsplit("\r", 1)[-1]
+    return line
+
+
+def level_of(line: str) -> str | None:
+    match = LOG_PREFIX.match(line)
+    if match:
+        return match.group("level")
+    if line.startswith(("Traceback", "ERROR:")) or re.match(r"^\w+(Error|Exception):", line):
+        return "ERROR"
+    return None
+
+
+@dataclass(frozen=True)
+class FatalPattern:
+    key: str
+    pattern: re.Pattern[str]
+    advice: str
+    """What went wrong and the fix, one line; may use the match's named groups."""
+
+
+FATAL_PATTERNS: tuple[FatalPattern, ...] = (
+    FatalPattern(
+        "fp8_kv_on_cpu",
+        re.compile(r"FP8 KV cache on CPU requires"),
+        "this CPU cannot hold an FP8 KV cache (needs AVX-512 or AMX): use kv_cache_dtype auto",
+    ),
+    FatalPattern(
+        "invalid_kv_dtype",
+        re.compile(r"Invalid kv_cache_dtype: '?(?P<dtype>[^'\s.]+)"),
+        "vLLM rejected kv_cache_dtype {dtype}: pick one from the profile editor's list",
+    ),
+    FatalPattern(
+        "max_len_too_large",
+        re.compile(r"larger than the available KV cache memory.*?estimated maximum model length is (?P<len>\d+)"),
+        "max_model_len does not fit in the KV cache: set max_model_len to {len} or less, "
+        "or give the cache more memory",
+    ),
+    FatalPattern(
+        "no_cache_memory",
+        re.compile(r"No available memory for the cache blocks"),
+        "no memory left for the KV cache after loading the model: raise "
+        "gpu_memory_utilization, lower max_model_len, or use a smaller kv_cache_dtype",
+    ),
+    FatalPattern(
+        "less_free_memory",
+        re.compile(r"Free memory on device.*is less than desired|less than desired (GPU|CPU) memory utilization"),
+        "not enough free memory for the requested utilization (another process holds it?): "
+        "lower gpu_memory_utilization or set kv_cache_memory_bytes",
+    ),
+    FatalPattern(
+        "oom",
+        re.compile(r"CUDA out of memory|OutOfMemoryError"),
+        "out of GPU memory: lower max_model_len / max_num_seqs or gpu_memory_utilization",
+    ),
+    FatalPattern(
+        "unsupported_arch",
+        re.compile(r"Model architectures \[(?P<arch>[^\]]*)\] are not supported"),
+        "this vLLM does not support architecture {arch}: upgrade vLLM or check the model",
+    ),
+    FatalPattern(
+        "no_attention_backend",
+        re.compile(r"No valid attention backend found"),
+        "no attention backend fits this model/KV dtype/GPU: try kv_cache_dtype auto "
+        "or another head size",
+    ),
+    FatalPattern(
+        "port_in_use",
+        re.compile(r"Address already in use"),
+        "the port is already in use: stop whatever holds it or pick another port",
+    ),
+    FatalPattern(
+        "unrecognized_args",
+        re.compile(r"unrecognized arguments: (?P<args>.*)$"),
+        "vLLM does not know the argument(s) {args}: remove them from extra_args",
+    ),
+    FatalPattern(
+        "missing_model",
+        re.compile(r"Repo id must be in the form|Incorrect path_or_model_id|is not a local folder"),
+        "the model path does not exist or is not a checkpoint: fix `model`",
+    ),
+    FatalPattern(
+        "bad_argument",
+        re.compile(r"error: argument (?P<arg>[^:]+): (?P<why>.*)$"),
+        "vLLM rejected {arg}: {why}",
+    ),
+    FatalPattern(
+        "engine_init_failed",
+        re.compile(r"Engine core initialization failed"),
+        "the engine failed to start: the lines above it in the log say why",
+    ),
+)
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    key: str
+    advice: str
+    line: str
+
+
+def diagnose(lines: Iterable[str]) -> Diagnosis | None:
+    """The most specific known fatal pattern in `lines` (earlier patterns win)."""
+    best: tuple[int, Diagnosis] | None = None
+    for raw in lines:
+        line = clean_line(raw)
+        for rank, fatal in enumerate(FATAL_PATTERNS):
+            if best is not None and rank >= best[0]:
+                break
+            match = fatal.pattern.search(line)
+            if match:
+                advice = fatal.advice.format(**{k: v.strip() for k, v in match.groupdict().items() if v})
+                best = (rank, Diagnosis(fatal.key, advice, line.strip()))
+                break
+    return best[1] if best else None
+
+
+def last_error_line(lines: Iterable[str]) -> str | None:
+    """The last line that looks like an exception, for failures no pattern knows."""
+    last = None
+    for raw in lines:
+        line = clean_line(raw).strip()
+        if re.match(r"^[\w.]+(Error|Exception|Interrupt)\b.*", line) or " ERROR " in line:
+            last = line
+    return last
+
+
+# Lines showing the engine has begun loading the model (the "loading" phase).
+LOADING_MARKERS = (
+    "Starting to load model",
+    "Loading safetensors checkpoint shards",
+    "Initializing a V1 LLM engine",
+    "Loading weights took",
+    "Model loading took",
+)
+
+
+def shows_loading(lines: Iterable[str]) -> bool:
+    return any(marker in line for line in lines for marker in LOADING_MARKERS)
+
+
+def tail_lines(path: Path, count: int, chunk: int = 65536) -> list[str]:
+    """The last `count` lines of a file without reading all of it."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, 2)
+            end = handle.tell()
+            data = b""
+            while end > 0 and data.count(b"\n") <= count:
+                step = min(chunk, end)
+                end -= step
+                handle.seek(end)
+                data = handle.read(step) + data
+    except OSError:
+        return []
+    lines = data.decode("utf-8", "replace").splitlines()
+    return [clean_line(line) for line in lines[-count:]]

@@ -1,0 +1,1 @@
+"""qtui's themes: Theme objects and the TCSS that uses their variables."""

@@ -1,0 +1,1 @@
+"""Headless `qtui` subcommands: thin wrappers over backend services."""

@@ -1,0 +1,190 @@
+"""`qtui serve start|stop|restart|status|logs`: the server, without the panel."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from backend.config import SPEC_METHODS, ConfigError, ServeProfile, resolve_profile
+from backend.serve_args import LaunchRefused
+from backend.supervisor import Phase, ServerStatus, SupervisorError
+from backend.vllm_log import clean_line, tail_lines
+from tui.cli import CommandError
+from tui.commands.common import settings, supervisor
+
+
+def register(subparsers: Any) -> None:
+    serve = subparsers.add_parser("serve", help="start, stop and watch the vLLM server")
+    actions = serve.add_subparsers(dest="serve_command", metavar="ACTION", required=True)
+
+    start = actions.add_parser("start", help="start the server and wait until it is ready")
+    _add_profile_options(start)
+    start.add_argument("--no-wait", action="store_true", help="return once launched")
+    start.set_defaults(handler=cmd_start)
+
+    restart = actions.add_parser("restart", help="stop, then start (same settings by default)")
+    _add_profile_options(restart)
+    restart.set_defaults(handler=cmd_restart)
+
+    stop = actions.add_parser("stop", help="stop the server and every process it started")
+    stop.set_defaults(handler=cmd_stop)
+
+    status = actions.add_parser("status", help="phase, url, profile, spec, KV dtype, uptime")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    status.set_defaults(handler=cmd_status)
+
+    logs = actions.add_parser("logs", help="the server log")
+    logs.add_argument("-n", type=int, default=50, help="lines from the end (default 50)")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.set_defaults(handler=cmd_logs)
+
+
+def _add_profile_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("profile", nargs="?", help="serve profile name (default_profile if omitted)")
+    parser.add_argument("--model", help="checkpoint directory (overrides the profile)")
+    parser.add_argument("--port", type=int, help="port (overrides the profile)")
+    parser.add_argument("--host", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--spec", choices=SPEC_METHODS, help="speculative decoding method")
+    parser.add_argument("--kv-cache-dtype", help="KV-cache dtype, checked against the installed vLLM")
+    parser.epilog = "Arguments after `--` go to `vllm serve` unchanged."
+
+
+def build_profile(args: argparse.Namespace, *, fallback: tuple[str, ServeProfile] | None = None
+                  ) -> tuple[str, ServeProfile]:
+    """The profile named on the command line (or the fallback), with overrides applied."""
+    config = settings()
+    if args.profile or fallback is None:
+        try:
+            name, profile = resolve_profile(config, args.profile)
+        except ConfigError:
+            if not args.model:
+                raise
+            name, profile = "adhoc", ServeProfile(model=args.model)
+    else:
+        name, profile = fallback
+    updates: dict[str, Any] = {}
+    if args.model:
+        updates["model"] = args.model
+    if args.port:
+        updates["port"] = args.port
+    if args.host:
+        updates["host"] = args.host
+    if args.kv_cache_dtype:
+        updates["kv_cache_dtype"] = args.kv_cache_dtype
+    if args.spec:
+        updates["speculative"] = profile.speculative.model_copy(update={"method": args.spec})
+    if args.passthrough:
+        updates["extra_args"] = [*profile.extra_args, *args.passthrough]
+    return name, ServeProfile.model_validate({**profile.model_dump(), **updates})
+
+
+def _progress(status: ServerStatus) -> None:
+    if status.phase in (Phase.STARTING, Phase.LOADING):
+        print(f"qtui: {status.phase.value}…", file=sys.stderr, flush=True)
+
+
+def _start(args: argparse.Namespace, restart: bool) -> int:
+    config = settings()
+    sup = supervisor(config, need_engine=True)
+    fallback = None
+    record = sup.load_record()
+    if restart and record is not None and not args.profile:
+        fallback = (record.profile_name, record.serve_profile)
+    name, profile = build_profile(args, fallback=fallback)
+    started = time.monotonic()
+    try:
+        if restart:
+            sup.stop()
+        status = sup.start(
+            name,
+            profile,
+            wait=not getattr(args, "no_wait", False),
+            timeout_s=config.ready_timeout_s,
+            on_phase=_progress,
+        )
+    except LaunchRefused as error:
+        raise CommandError(str(error), exit_code=2) from None
+    except SupervisorError as error:
+        raise CommandError(str(error), exit_code=1) from None
+    if status.record:
+        for note in status.record.notes:
+            print(f"qtui: {note}", file=sys.stderr)
+        print(
+            f"qtui: {status.phase.value} at {status.record.url} "
+            f"(profile {name}, spec {profile.speculative.method}, "
+            f"kv {profile.kv_cache_dtype}) in {time.monotonic() - started:.1f} s",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    return _start(args, restart=False)
+
+
+def cmd_restart(args: argparse.Namespace) -> int:
+    return _start(args, restart=True)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    sup = supervisor()
+    try:
+        report = sup.stop()
+    except SupervisorError as error:
+        raise CommandError(str(error)) from None
+    steps = ", ".join(report.steps) or "nothing to stop"
+    print(f"qtui: stopped ({steps}) in {report.seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
+def status_json(status: ServerStatus) -> dict[str, Any]:
+    return status.to_json()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    sup = supervisor()
+    status = sup.status()
+    data = status_json(status)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    if status.record is None:
+        print("stopped (no server started yet)")
+        return 0
+    uptime = f"{data['uptime_s']:.0f} s" if data["uptime_s"] is not None else "-"
+    print(f"phase    {data['phase']}")
+    print(f"url      {data['url']}")
+    print(f"profile  {data['profile']}  ({data['model']})")
+    print(f"spec     {data['spec']}    kv {data['kv_cache_dtype']}")
+    print(f"pid      {data['pid'] or '-'}    uptime {uptime}")
+    if data["reason"]:
+        print(f"reason   {data['reason']}")
+    print(f"log      {data['log']}")
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    sup = supervisor()
+    record = sup.load_record()
+    if record is None:
+        raise CommandError("no server log yet: start a server first")
+    path = Path(record.log_path)
+    for line in tail_lines(path, args.n):
+        print(line)
+    if not args.follow:
+        return 0
+    with open(path, "rb") as handle:
+        handle.seek(0, 2)
+        try:
+            while True:
+                chunk = handle.readline()
+                if chunk:
+                    print(clean_line(chunk.decode("utf-8", "replace")), flush=True)
+                else:
+                    time.sleep(0.25)
+        except KeyboardInterrupt:
+            return 0
