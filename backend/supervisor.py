@@ -148,6 +148,7 @@ class ServerSupervisor:
     def __init__(self, engine: Engine | None, state_dir: Path | None = None) -> None:
         self.engine = engine
         self.state_dir = state_dir or paths.state_dir()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.state_dir / "server.json"
         self._lock_path = self.state_dir / "server.lock"
         self._child: subprocess.Popen[bytes] | None = None
@@ -271,7 +272,9 @@ class ServerSupervisor:
 
     def _spawn(self, profile_name: str, profile: ServeProfile, plan: LaunchPlan) -> ServerRecord:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        log_path = paths.logs_dir() / f"server-{stamp}-{profile.port}.log"
+        logs_dir = self.state_dir / "logs"
+        logs_dir.mkdir(parents=True, exist_ok=True)
+        log_path = logs_dir / f"server-{stamp}-{profile.port}.log"
         command = masked_command(plan.argv)
         with open(log_path, "ab") as log:
             log.write(f"# qtui: {command}\n".encode())

