@@ -1,0 +1,110 @@
+"""`qtui chat "prompt"`: one streamed reply, without the panel.
+
+The reply text alone goes to stdout as it streams (pipe-friendly); the stats
+line goes to stderr. `--json` prints one object instead. No system prompt is
+sent unless `--system` gives one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from backend.chat import (
+    ChatClient,
+    ChatOptions,
+    ContentDelta,
+    ReplyAccumulator,
+    build_messages,
+    default_server,
+    user_message,
+)
+from tui.cli import CommandError
+
+
+def register(subparsers: Any) -> None:
+    chat = subparsers.add_parser("chat", help="send one prompt, stream the reply to stdout")
+    chat.add_argument("prompt", help="the user message")
+    chat.add_argument("--url", help="OpenAI-compatible base URL (default: the server qtui runs)")
+    chat.add_argument("--model", help="model name (default: the first one the server lists)")
+    chat.add_argument("--system", help="system prompt (none unless given)")
+    chat.add_argument("--temperature", type=float, help="sampling temperature")
+    chat.add_argument("--top-p", type=float, help="nucleus sampling")
+    chat.add_argument("--max-tokens", type=int, help="most tokens to generate")
+    chat.add_argument(
+        "--thinking",
+        choices=("on", "off"),
+        help="enable_thinking for Qwen3-style chat templates (default: the template's)",
+    )
+    chat.add_argument(
+        "--api-key-env", help="name of the environment variable holding the API key"
+    )
+    chat.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    chat.set_defaults(handler=cmd_chat)
+
+
+def _target(url: str | None, api_key_env: str | None) -> tuple[str, str | None]:
+    if url:
+        if not url.startswith(("http://", "https://")):
+            raise CommandError(f"bad --url {url!r}: expected http://HOST:PORT", 2)
+        return url, api_key_env
+    found = default_server()
+    if found is None:
+        raise CommandError("no server: start one with `qtui serve start`, or pass --url")
+    return found[0], api_key_env or found[1]
+
+
+def cmd_chat(args: Any) -> int:
+    url, api_key_env = _target(args.url, args.api_key_env)
+    options = ChatOptions(
+        temperature=args.temperature,
+        top_p=args.top_p,
+        max_tokens=args.max_tokens,
+        enable_thinking=None if args.thinking is None else args.thinking == "on",
+    )
+    messages = build_messages([user_message(args.prompt)], args.system)
+    reply = asyncio.run(_stream(url, args.model, api_key_env, messages, options, args.json))
+    if reply.error:
+        if not args.json:
+            if reply.text:
+                sys.stdout.write("\n")
+            raise CommandError(reply.error)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "text": reply.text,
+                    "reasoning": reply.reasoning,
+                    "tool_calls": [vars(call) for call in reply.tool_calls.values()],
+                    "finish_reason": reply.finish_reason,
+                    "usage": vars(reply.usage) if reply.usage else None,
+                    "stats": reply.stats.to_json(),
+                    "error": reply.error,
+                }
+            )
+        )
+        return 1 if reply.error else 0
+    sys.stdout.write("\n")
+    summary = reply.stats.summary()
+    if summary:
+        print(summary, file=sys.stderr)
+    return 0
+
+
+async def _stream(
+    url: str,
+    model: str | None,
+    api_key_env: str | None,
+    messages: list[dict[str, Any]],
+    options: ChatOptions,
+    quiet: bool,
+) -> ReplyAccumulator:
+    reply = ReplyAccumulator()
+    async with ChatClient(url, model=model, api_key_env=api_key_env) as client:
+        async for event in client.stream_reply(messages, options, reply):
+            if isinstance(event, ContentDelta) and not quiet:
+                sys.stdout.write(event.text)
+                sys.stdout.flush()
+    return reply
