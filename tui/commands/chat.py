@@ -38,9 +38,7 @@ def register(subparsers: Any) -> None:
         choices=("on", "off"),
         help="enable_thinking for Qwen3-style chat templates (default: the template's)",
     )
-    chat.add_argument(
-        "--api-key-env", help="name of the environment variable holding the API key"
-    )
+    chat.add_argument("--api-key-env", help="name of the environment variable holding the API key")
     chat.add_argument("--json", action="store_true", help="print one JSON object at the end")
     chat.set_defaults(handler=cmd_chat)
 
@@ -66,11 +64,10 @@ def cmd_chat(args: Any) -> int:
     )
     messages = build_messages([user_message(args.prompt)], args.system)
     reply = asyncio.run(_stream(url, args.model, api_key_env, messages, options, args.json))
-    if reply.error:
-        if not args.json:
-            if reply.text:
-                sys.stdout.write("\n")
-            raise CommandError(reply.error)
+    if reply.error and not args.json:
+        if reply.text:
+            sys.stdout.write("\n")
+        raise CommandError(reply.error)
     if args.json:
         print(
             json.dumps(
