@@ -1,0 +1,544 @@
+"""The MTP doctor: will vLLM's MTP drafter of this checkpoint load right?
+
+Reads config.json, quantization_config.json, the index and safetensors
+headers only (plus the packed mtp.fc zeros, a few KB, to tell the stored-zero
+convention). The rules vLLM applies (INC / auto-round) are mirrored in
+`vllm_layer_bits`; a mismatch there does not fail loudly in vLLM, it leaves
+mtp.fc random and speculative decoding accepts ~0 % of drafts.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.safetensors_header import SafetensorsError, SafetensorsHeader, read_header, read_tensor
+
+INDEX_NAME = "model.safetensors.index.json"
+SINGLE_SHARD = "model.safetensors"
+QUANT_CONFIG_FILE = "quantization_config.json"
+JOURNAL_NAME = ".qtui-mtp-patch.journal"
+FC = "mtp.fc"
+PACKED_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx")
+_REGEX_CHARS = set(r"*+?^$()[]{}|\\")
+UNQUANTIZED_ENTRY = {"bits": 16, "data_type": "fp"}
+
+
+class Verdict(IntEnum):
+    """The exit code of `qtui mtp inspect`."""
+
+    READY = 0
+    FIXABLE = 1
+    IMPOSSIBLE = 2
+
+
+class NotACheckpoint(Exception):
+    """The path is not a readable checkpoint; the message says why in one line."""
+
+
+@dataclass
+class Checkpoint:
+    """Everything the doctor and the patch read: configs, index, headers; no tensor data."""
+
+    path: Path
+    config: dict[str, Any]
+    quant_file_config: dict[str, Any] | None
+    index: dict[str, Any] | None
+    headers: dict[str, SafetensorsHeader]
+    """Every *.safetensors file in the directory, by file name."""
+
+    @property
+    def text_config(self) -> dict[str, Any]:
+        text = self.config.get("text_config")
+        return text if isinstance(text, dict) else self.config
+
+    @property
+    def quant_config(self) -> dict[str, Any] | None:
+        """What vLLM reads: config.json's quantization_config."""
+        value = self.config.get("quantization_config")
+        return value if isinstance(value, dict) else None
+
+    @property
+    def weight_map(self) -> dict[str, str]:
+        """Tensor name -> shard; without an index, the single shard's tensors."""
+        if self.index is not None:
+            return dict(self.index.get("weight_map", {}))
+        return {name: shard for shard, header in self.headers.items() for name in header.tensors}
+
+    @property
+    def loaded_shards(self) -> list[str]:
+        """The shards vLLM loads: those the index names (all of them without an index)."""
+        if self.index is not None:
+            return sorted(set(self.weight_map.values()))
+        return sorted(self.headers)
+
+    def shard_of(self, tensor: str) -> str | None:
+        for shard in self.loaded_shards:
+            header = self.headers.get(shard)
+            if header is not None and tensor in header.tensors:
+                return shard
+        return None
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    path = Path(path)
+    if not path.is_dir():
+        raise NotACheckpoint(f"{path}: not a directory")
+    config = _read_json(path / "config.json", required=True)
+    assert config is not None
+    quant_file = _read_json(path / QUANT_CONFIG_FILE, required=False)
+    index = _read_json(path / INDEX_NAME, required=False)
+    if index is not None and not isinstance(index.get("weight_map"), dict):
+        raise NotACheckpoint(f"{INDEX_NAME}: no weight_map")
+    files = sorted(item.name for item in path.glob("*.safetensors") if item.is_file())
+    if not files:
+        raise NotACheckpoint(f"{path}: no *.safetensors files")
+    headers: dict[str, SafetensorsHeader] = {}
+    for name in files:
+        try:
+            headers[name] = read_header(path / name)
+        except SafetensorsError as error:
+            raise NotACheckpoint(str(error)) from None
+    return Checkpoint(path, config, quant_file, index, headers)
+
+
+def _read_json(path: Path, *, required: bool) -> dict[str, Any] | None:
+    if not path.is_file():
+        if required:
+            raise NotACheckpoint(f"{path.parent}: no {path.name}, not a checkpoint")
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise NotACheckpoint(f"{path.name}: unreadable ({error})") from None
+    if not isinstance(value, dict):
+        raise NotACheckpoint(f"{path.name}: not a JSON object")
+    return value
+
+
+# --- vLLM's INC rules ------------------------------------------------------------------
+
+
+def block_names(quant: dict[str, Any]) -> list[str]:
+    value = quant.get("block_name_to_quantize")
+    if not value:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(part) for part in value]
+
+
+def vllm_layer_bits(layer: str, quant: dict[str, Any] | None) -> int:
+    """The bits vLLM's INC config gives the linear `layer` (16 = built unquantized).
+
+    Mirrors vllm/model_executor/layers/quantization/inc: an extra_config entry
+    of >= 16 bits for the prefix wins, then an exact entry, then a suffix match,
+    then block_name_to_quantize, then regex entries, then the global bits.
+    """
+    if quant is None:
+        return 16
+    bits = int(quant.get("bits", 4))
+    extra: dict[str, dict[str, Any]] = quant.get("extra_config") or {}
+    for key in (layer, f"model.{layer}"):
+        if key in extra and int(extra[key].get("bits", 16)) >= 16:
+            return 16
+    if layer in extra:
+        return int(extra[layer].get("bits", bits))
+    for key, entry in extra.items():
+        if layer.endswith(f".{key}"):
+            return int(entry.get("bits", bits))
+    quantized = layer != "lm_head"
+    blocks = block_names(quant)
+    if blocks:
+        quantized = any(layer.startswith(block) for block in blocks)
+    for pattern, entry in extra.items():
+        if not any(char in _REGEX_CHARS for char in pattern):
+            continue
+        try:
+            if re.search(pattern, layer):
+                return int(entry.get("bits", bits if quantized else 16))
+        except re.error:
+            continue
+    return bits if quantized else 16
+
+
+def packed_layers(checkpoint: Checkpoint) -> list[str]:
+    return sorted(
+        name[: -len(".qweight")] for name in checkpoint.weight_map if name.endswith(".qweight")
+    )
+
+
+def uncovered_packed_layers(checkpoint: Checkpoint, quant: dict[str, Any] | None) -> list[str]:
+    """Packed layers vLLM would build unquantized: their qweight cannot load."""
+    return [
+        layer
+        for layer in packed_layers(checkpoint)
+        if layer != FC and vllm_layer_bits(layer, quant) >= 16
+    ]
+
+
+# --- mtp.fc ----------------------------------------------------------------------------
+
+
+@dataclass
+class FcStorage:
+    kind: str
+    """dense | packed | missing"""
+    shard: str | None = None
+    dtype: str | None = None
+    shape: list[int] | None = None
+    bits: int | None = None
+    group_size: int | None = None
+    sym: bool | None = None
+    packing_format: str | None = None
+    stored_zero: int | None = None
+    """The value every stored zero has (7 or 8 for symmetric 4-bit); None if mixed."""
+    zero_offset: int | None = None
+    """Added to stored zeros when dequantizing: 1 for auto_gptq packing, 0 when stored as 8."""
+    problem: str | None = None
+    """Why this storage cannot be used or repaired, if so."""
+
+    def describe(self) -> str:
+        if self.kind == "dense":
+            return f"{self.dtype} weight {self.shape}"
+        if self.kind == "packed":
+            zero = "mixed" if self.stored_zero is None else str(self.stored_zero)
+            return (
+                f"packed INT{self.bits} (group {self.group_size}, sym={self.sym}, "
+                f"{self.packing_format}, stored zero {zero}, offset {self.zero_offset})"
+            )
+        return "missing"
+
+
+def unpack_int4_rows(packed: np.ndarray) -> np.ndarray:
+    """int32 [r, c] -> [8r, c]: nibble k of row r is row 8r+k (qweight layout)."""
+    words = packed.astype(np.uint32, copy=False)
+    nibbles = np.stack([(words >> (4 * k)) & 0xF for k in range(8)], axis=1)
+    return nibbles.reshape(packed.shape[0] * 8, packed.shape[1]).astype(np.int32)
+
+
+def unpack_int4_cols(packed: np.ndarray) -> np.ndarray:
+    """int32 [r, c] -> [r, 8c]: nibble k of column c is column 8c+k (qzeros layout)."""
+    words = packed.astype(np.uint32, copy=False)
+    nibbles = np.stack([(words >> (4 * k)) & 0xF for k in range(8)], axis=2)
+    return nibbles.reshape(packed.shape[0], packed.shape[1] * 8).astype(np.int32)
+
+
+def fc_layer_config(quant: dict[str, Any] | None) -> tuple[int, int, bool]:
+    """bits, group size, sym the packed mtp.fc was written with (its extra_config wins)."""
+    quant = quant or {}
+    entry = (quant.get("extra_config") or {}).get(FC) or {}
+    bits = int(entry.get("bits", quant.get("bits", 4)))
+    group = int(entry.get("group_size", quant.get("group_size", 128)))
+    sym = bool(entry.get("sym", quant.get("sym", True)))
+    if bits >= 16:  # a patched config marks fc unquantized; the packed data still says 4
+        bits = int(quant.get("bits", 4))
+    return bits, group, sym
+
+
+def inspect_fc(checkpoint: Checkpoint, hidden: int | None) -> FcStorage:
+    weight_map = checkpoint.weight_map
+    if f"{FC}.weight" in weight_map:
+        shard = weight_map[f"{FC}.weight"]
+        header = checkpoint.headers.get(shard)
+        info = header.tensors.get(f"{FC}.weight") if header else None
+        if info is None:
+            return FcStorage("missing", problem=f"index names {FC}.weight in {shard}, not there")
+        storage = FcStorage("dense", shard, info.dtype, list(info.shape))
+        if hidden and list(info.shape) != [hidden, 2 * hidden]:
+            storage.problem = (
+                f"{FC}.weight is {list(info.shape)}, expected [{hidden}, {2 * hidden}]"
+            )
+        return storage
+    if f"{FC}.qweight" in weight_map:
+        return _inspect_packed_fc(checkpoint, hidden)
+    return FcStorage("missing", problem=f"no {FC} tensors")
+
+
+def _inspect_packed_fc(checkpoint: Checkpoint, hidden: int | None) -> FcStorage:
+    quant = checkpoint.quant_config or {}
+    bits, group, sym = fc_layer_config(quant)
+    shards = {
+        checkpoint.weight_map.get(f"{FC}{suffix}") for suffix in (".qweight", ".qzeros", ".scales")
+    }
+    storage = FcStorage(
+        "packed",
+        bits=bits,
+        group_size=group,
+        sym=sym,
+        packing_format=str(quant.get("packing_format", "auto_round:auto_gptq")),
+    )
+    if None in shards or len(shards) != 1:
+        storage.problem = f"{FC}.qweight/.qzeros/.scales are not all in one shard"
+        return storage
+    shard = shards.pop()
+    assert shard is not None
+    storage.shard = shard
+    header = checkpoint.headers.get(shard)
+    if header is None or not all(
+        f"{FC}{s}" in header.tensors for s in (".qweight", ".qzeros", ".scales")
+    ):
+        storage.problem = f"packed {FC} tensors missing from {shard}"
+        return storage
+    qweight, qzeros, scales = (
+        header.tensors[f"{FC}{s}"] for s in (".qweight", ".qzeros", ".scales")
+    )
+    storage.dtype = f"{qweight.dtype}/{qzeros.dtype}/{scales.dtype}"
+    storage.shape = list(qweight.shape)
+    if f"{FC}.g_idx" in checkpoint.weight_map:
+        storage.problem = f"{FC} has g_idx (act-order); not supported"
+    elif bits != 4 or qweight.dtype != "I32" or qzeros.dtype != "I32":
+        storage.problem = (
+            f"{FC} is {bits}-bit {qweight.dtype}; only 4-bit int32 packing is supported"
+        )
+    elif scales.dtype not in ("F16", "BF16", "F32"):
+        storage.problem = f"{FC}.scales is {scales.dtype}"
+    else:
+        storage.problem = _packed_shape_problem(
+            qweight.shape, qzeros.shape, scales.shape, group, hidden
+        )
+    if storage.problem is None:
+        zeros = np.unique(
+            unpack_int4_cols(read_tensor(checkpoint.path / shard, f"{FC}.qzeros", header))
+        )
+        storage.stored_zero = int(zeros[0]) if zeros.size == 1 else None
+        storage.zero_offset = zero_offset(storage.stored_zero, sym, storage.packing_format or "")
+    return storage
+
+
+def _packed_shape_problem(
+    qweight: tuple[int, ...],
+    qzeros: tuple[int, ...],
+    scales: tuple[int, ...],
+    group: int,
+    hidden: int | None,
+) -> str | None:
+    if len(qweight) != 2 or len(qzeros) != 2 or len(scales) != 2:
+        return f"{FC} packed tensors are not 2-D"
+    in_features, out_features = qweight[0] * 8, qweight[1]
+    if hidden and (in_features, out_features) != (2 * hidden, hidden):
+        return f"packed {FC} is [{out_features}, {in_features}], expected [{hidden}, {2 * hidden}]"
+    groups = -(-in_features // group)
+    if tuple(scales) != (groups, out_features) or tuple(qzeros) != (groups, out_features // 8):
+        return (
+            f"packed {FC} scales {list(scales)} / qzeros {list(qzeros)} do not match "
+            f"group size {group} for [{out_features}, {in_features}]"
+        )
+    return None
+
+
+def zero_offset(stored_zero: int | None, sym: bool, packing_format: str) -> int:
+    """What to add to a stored zero: the data decides for symmetric 4-bit, else the format."""
+    if sym and stored_zero == 7:
+        return 1
+    if sym and stored_zero == 8:
+        return 0
+    return 1 if packing_format.endswith("auto_gptq") else 0
+
+
+# --- index -----------------------------------------------------------------------------
+
+
+@dataclass
+class IndexCheck:
+    present: bool
+    dangling: list[str] = field(default_factory=list)
+    """Index entries whose shard lacks the tensor (or is missing)."""
+    unindexed: list[str] = field(default_factory=list)
+    """Tensors in an indexed shard that the index does not list."""
+    unindexed_files: list[str] = field(default_factory=list)
+    """*.safetensors files vLLM will not load because the index does not name them."""
+    total_size: int | None = None
+    expected_total_size: int = 0
+
+    @property
+    def problems(self) -> list[str]:
+        found = []
+        if self.dangling:
+            found.append(
+                f"{len(self.dangling)} index entries not in their shard ({self.dangling[0]})"
+            )
+        if self.unindexed:
+            found.append(f"{len(self.unindexed)} shard tensors not indexed ({self.unindexed[0]})")
+        if self.present and self.total_size != self.expected_total_size:
+            found.append(
+                f"total_size is {self.total_size}, headers sum to {self.expected_total_size}"
+            )
+        return found
+
+
+def check_index(checkpoint: Checkpoint) -> IndexCheck:
+    if checkpoint.index is None:
+        total = sum(header.data_bytes for header in checkpoint.headers.values())
+        return IndexCheck(False, expected_total_size=total)
+    weight_map = checkpoint.weight_map
+    indexed_shards = set(weight_map.values())
+    check = IndexCheck(True)
+    for name, shard in weight_map.items():
+        header = checkpoint.headers.get(shard)
+        if header is None or name not in header.tensors:
+            check.dangling.append(name)
+    for shard in sorted(indexed_shards):
+        header = checkpoint.headers.get(shard)
+        if header is None:
+            continue
+        check.expected_total_size += header.data_bytes
+        check.unindexed += [name for name in header.tensors if weight_map.get(name) != shard]
+    check.unindexed_files = sorted(set(checkpoint.headers) - indexed_shards)
+    total = (checkpoint.index.get("metadata") or {}).get("total_size")
+    check.total_size = int(total) if str(total).isdigit() else None
+    return check
+
+
+# --- report ----------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    path: str
+    verdict: Verdict
+    reason: str
+    architecture: str | None = None
+    model_type: str | None = None
+    hidden_size: int | None = None
+    mtp_layers_declared: int = 0
+    mtp_tensors: int = 0
+    mtp_layers_present: list[int] = field(default_factory=list)
+    quant_method: str | None = None
+    fc: FcStorage | None = None
+    fc_built_quantized: bool | None = None
+    """Would vLLM build mtp.fc with the target's quantized linear method?"""
+    uncovered_packed: list[str] = field(default_factory=list)
+    index: IndexCheck | None = None
+    quant_file_mismatch: list[str] = field(default_factory=list)
+    """quantization_config keys where quantization_config.json disagrees with config.json."""
+    pending_patch: bool = False
+    problems: list[str] = field(default_factory=list)
+    """What patch would fix."""
+
+    @property
+    def exit_code(self) -> int:
+        return int(self.verdict)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["verdict"] = self.verdict.name.lower()
+        data["exit_code"] = self.exit_code
+        return data
+
+
+def _impossible(path: Path, reason: str, **known: Any) -> Report:
+    return Report(str(path), Verdict.IMPOSSIBLE, reason, **known)
+
+
+def diagnose_checkpoint(path: Path) -> Report:
+    """The doctor's verdict for `path`: READY, FIXABLE (run patch) or IMPOSSIBLE, with a reason."""
+    path = Path(path)
+    try:
+        checkpoint = load_checkpoint(path)
+    except NotACheckpoint as error:
+        return _impossible(path, f"not a checkpoint: {error}")
+    return diagnose(checkpoint)
+
+
+def diagnose(checkpoint: Checkpoint) -> Report:
+    path = checkpoint.path
+    text = checkpoint.text_config
+    architectures = checkpoint.config.get("architectures") or []
+    hidden = text.get("hidden_size")
+    declared = int(
+        text.get("mtp_num_hidden_layers") or checkpoint.config.get("mtp_num_hidden_layers") or 0
+    )
+    weight_map = checkpoint.weight_map
+    mtp_names = [name for name in weight_map if name.startswith("mtp.")]
+    present = sorted(
+        {int(m.group(1)) for n in mtp_names if (m := re.match(r"mtp\.layers\.(\d+)\.", n))}
+    )
+    quant = checkpoint.quant_config
+    known: dict[str, Any] = {
+        "architecture": architectures[0] if architectures else None,
+        "model_type": checkpoint.config.get("model_type"),
+        "hidden_size": hidden,
+        "mtp_layers_declared": declared,
+        "mtp_tensors": len(mtp_names),
+        "mtp_layers_present": present,
+        "quant_method": (quant or {}).get("quant_method"),
+    }
+    if declared < 1:
+        return _impossible(path, "config declares no MTP layers (mtp_num_hidden_layers)", **known)
+    if not mtp_names:
+        hint = " (AutoRound 0.10.x or AR_DISABLE_COPY_MTP_WEIGHTS drops them)" if quant else ""
+        return _impossible(
+            path,
+            f"config declares {declared} MTP layer(s), the checkpoint has no mtp.* tensors{hint}",
+            **known,
+        )
+    missing_layers = [layer for layer in range(declared) if layer not in present]
+    if missing_layers:
+        return _impossible(path, f"mtp.layers.{missing_layers[0]}.* tensors are missing", **known)
+    fc = inspect_fc(checkpoint, hidden if isinstance(hidden, int) else None)
+    known["fc"] = fc
+    if fc.problem is not None:
+        return _impossible(path, f"mtp.fc cannot be used: {fc.problem}", **known)
+    report = Report(str(path), Verdict.READY, "", **known)
+    report.fc_built_quantized = vllm_layer_bits(FC, quant) < 16
+    report.uncovered_packed = uncovered_packed_layers(checkpoint, quant)
+    report.index = check_index(checkpoint)
+    report.quant_file_mismatch = _quant_file_mismatch(checkpoint)
+    report.pending_patch = (path / JOURNAL_NAME).exists()
+    report.problems = _problems(report)
+    if report.problems:
+        report.verdict = Verdict.FIXABLE
+        report.reason = f"{report.problems[0]}; run `qtui mtp patch`"
+    else:
+        report.reason = f"MTP ready: {declared} layer(s), mtp.fc {fc.describe()}"
+    return report
+
+
+def _quant_file_mismatch(checkpoint: Checkpoint) -> list[str]:
+    """quantization_config.json should say what config.json says (tools read either)."""
+    main, side = checkpoint.quant_config, checkpoint.quant_file_config
+    if main is None or side is None:
+        return []
+    keys = ("extra_config", "block_name_to_quantize", "bits", "group_size", "sym")
+    return [
+        key for key in keys if _normalised(key, main.get(key)) != _normalised(key, side.get(key))
+    ]
+
+
+def _normalised(key: str, value: Any) -> Any:
+    if key == "block_name_to_quantize":
+        return sorted(block_names({key: value}))
+    return value
+
+
+def _problems(report: Report) -> list[str]:
+    problems = []
+    if report.pending_patch:
+        problems.append("an interrupted patch left a journal")
+    fc = report.fc
+    assert fc is not None
+    if fc.kind == "packed":
+        problems.append("mtp.fc is packed INT4; vLLM needs it BF16 and unquantized")
+    elif report.fc_built_quantized:
+        problems.append(
+            "vLLM would build mtp.fc quantized (no extra_config entry) and skip its weight"
+        )
+    if report.uncovered_packed:
+        problems.append(
+            f"{len(report.uncovered_packed)} packed layer(s) not covered by "
+            f"block_name_to_quantize ({report.uncovered_packed[0]})"
+        )
+    assert report.index is not None
+    problems += report.index.problems
+    if report.quant_file_mismatch:
+        problems.append(
+            f"quantization_config.json disagrees on {', '.join(report.quant_file_mismatch)}"
+        )
+    return problems
