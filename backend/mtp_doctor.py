@@ -391,8 +391,8 @@ def check_index(checkpoint: Checkpoint) -> IndexCheck:
         check.expected_total_size += header.data_bytes
         check.unindexed += [name for name in header.tensors if weight_map.get(name) != shard]
     check.unindexed_files = sorted(set(checkpoint.headers) - indexed_shards)
-    total = (checkpoint.index.get("metadata") or {}).get("total_size")
-    check.total_size = int(total) if str(total).isdigit() else None
+    stored = (checkpoint.index.get("metadata") or {}).get("total_size")
+    check.total_size = int(str(stored)) if str(stored).isdigit() else None
     return check
 
 
