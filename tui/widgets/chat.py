@@ -1,0 +1,465 @@
+"""The chat pane: talk to the served model and see how fast it answers.
+
+Replies stream into a Markdown widget through `Markdown.get_stream` (fragments
+are coalesced when they arrive faster than the screen can take them) inside
+an anchored scroll container; one full `update()` when the reply ends. The
+stream runs in an exclusive worker, so typing never waits on the network.
+Every reply is written to the transcript while it streams.
+
+Settings live in a one-line row above the input and change with slash
+commands (`/help` lists them), so the pane works at 80x24 without a form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical, VerticalScroll
+from textual.message import Message
+from textual.reactive import reactive
+from textual.screen import ModalScreen
+from textual.widgets import Collapsible, Input, Markdown, OptionList, Static
+from textual.widgets.markdown import MarkdownStream
+from textual.widgets.option_list import Option
+
+from backend.chat import (
+    ChatClient,
+    ChatOptions,
+    ContentDelta,
+    ReasoningDelta,
+    ReplyAccumulator,
+    ReplyStats,
+    ToolCallDelta,
+    default_server,
+    image_data_url,
+)
+from backend.transcripts import Conversation, list_conversations
+from backend.transcripts import Message as TranscriptMessage
+
+HELP = (
+    "/new · /system TEXT · /temp T · /top_p P · /max N · /think on|off|default · "
+    "/image PATH · /copy · /history · /model NAME · /url URL"
+)
+
+
+@dataclass
+class ChatSettings:
+    """What the next request is sent with; None leaves the server's default."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    enable_thinking: bool | None = None
+    images: list[Path] = field(default_factory=list)
+    """Images attached to the next message."""
+
+    def options(self) -> ChatOptions:
+        return ChatOptions(self.temperature, self.top_p, self.max_tokens, self.enable_thinking)
+
+
+class UserTurn(Static):
+    """One user message."""
+
+    def __init__(self, message: TranscriptMessage) -> None:
+        attached = "".join(f"\n📎 {Path(image).name}" for image in message.images)
+        super().__init__(message.content + attached, markup=False, classes="user-turn")
+
+
+class ToolCallBlock(Static):
+    """A tool call the model asked for: name and pretty-printed arguments."""
+
+    def show(self, call: dict[str, Any]) -> None:
+        arguments = call.get("arguments", "")
+        with contextlib.suppress(TypeError, ValueError):
+            arguments = json.dumps(json.loads(arguments), indent=2, ensure_ascii=False)
+        self.update(f"⚙ {call.get('name') or '…'}({call.get('id') or ''})\n{arguments}")
+
+
+class ReplyTurn(Vertical):
+    """One assistant reply: reasoning (collapsible), tool calls, text, stats line."""
+
+    def __init__(self) -> None:
+        super().__init__(classes="reply-turn")
+        self._body_stream: MarkdownStream | None = None
+        self._reasoning_stream: MarkdownStream | None = None
+        self._tool_blocks: dict[int, ToolCallBlock] = {}
+
+    def compose(self) -> ComposeResult:
+        with Collapsible(title="Reasoning", collapsed=False, classes="reasoning"):
+            yield Markdown(classes="reasoning-text")
+        yield Vertical(classes="tool-calls")
+        yield Markdown(classes="reply-text")
+        yield Static("…", classes="reply-stats", markup=False)
+
+    def on_mount(self) -> None:
+        self.query_one(".reasoning", Collapsible).display = False
+
+    async def append_content(self, text: str) -> None:
+        if self._body_stream is None:
+            self._body_stream = Markdown.get_stream(self.query_one(".reply-text", Markdown))
+        await self._body_stream.write(text)
+
+    async def append_reasoning(self, text: str) -> None:
+        if self._reasoning_stream is None:
+            self.query_one(".reasoning", Collapsible).display = True
+            self._reasoning_stream = Markdown.get_stream(
+                self.query_one(".reasoning-text", Markdown)
+            )
+        await self._reasoning_stream.write(text)
+
+    async def show_tool_call(self, index: int, call: dict[str, Any]) -> None:
+        block = self._tool_blocks.get(index)
+        if block is None:
+            block = self._tool_blocks[index] = ToolCallBlock(classes="tool-call", markup=False)
+            await self.query_one(".tool-calls", Vertical).mount(block)
+        block.show(call)
+
+    async def finish(self, message: TranscriptMessage) -> None:
+        """Stop the streams, render the whole reply once, collapse reasoning, show stats."""
+        for stream in (self._body_stream, self._reasoning_stream):
+            if stream is not None:
+                await stream.stop()
+        self._body_stream = self._reasoning_stream = None
+        await self.query_one(".reply-text", Markdown).update(message.content)
+        reasoning = self.query_one(".reasoning", Collapsible)
+        if message.reasoning:
+            await self.query_one(".reasoning-text", Markdown).update(message.reasoning)
+            reasoning.display = True
+        reasoning.collapsed = True
+        for index, call in enumerate(message.tool_calls):
+            await self.show_tool_call(index, call)
+        self.query_one(".reply-stats", Static).update(stats_line(message))
+
+
+def stats_line(message: TranscriptMessage) -> str:
+    stats = message.stats or {}
+    summary = ReplyStats(
+        ttft_s=stats.get("ttft_s"),
+        decode_s=stats.get("decode_s"),
+        prompt_tokens=stats.get("prompt_tokens"),
+        completion_tokens=stats.get("completion_tokens"),
+    ).summary()
+    spec = stats.get("spec") or {}
+    if spec.get("acceptance_rate") is not None:
+        summary += (
+            f" · accept {spec['acceptance_rate']:.0%}"
+            f" (mean len {spec.get('mean_acceptance_length') or 0:.2f})"
+        )
+    if message.status == "cancelled":
+        return f"■ stopped · {summary}" if summary else "■ stopped"
+    if message.status != "complete":
+        reason = message.error or message.status
+        return f"⚠ {message.status}: {reason}" + (f" · {summary}" if summary else "")
+    return summary or "done"
+
+
+class ConversationPicker(ModalScreen[str | None]):
+    """A list of past conversations, newest first; Enter reopens one."""
+
+    BINDINGS = [Binding("escape", "dismiss(None)", "Close", id="chat.history.close")]
+    DEFAULT_CSS = """
+    ConversationPicker { align: center middle; }
+    ConversationPicker > OptionList { width: 90%; height: 80%; border: round $accent; }
+    """
+
+    def compose(self) -> ComposeResult:
+        options = [
+            Option(f"{summary.title}  ({summary.messages} turns)", id=summary.id)
+            for summary in list_conversations()
+        ]
+        picker = OptionList(*options) if options else OptionList(Option("(none yet)", id=""))
+        picker.border_title = "Past conversations"
+        yield picker
+
+    @on(OptionList.OptionSelected)
+    def _picked(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(event.option.id or None)
+
+
+class ChatPane(Vertical):
+    """Chat with an OpenAI-compatible server (by default the one qtui runs)."""
+
+    BINDINGS = [
+        Binding("escape", "stop", "Stop", id="chat.stop", tooltip="Stop the reply being written"),
+        Binding("ctrl+n", "new_conversation", "New chat", id="chat.new",
+                tooltip="Start a new conversation"),
+        Binding("ctrl+y", "copy_last", "Copy reply", id="chat.copy",
+                tooltip="Copy the last reply to the clipboard (OSC 52, works over SSH)"),
+        Binding("ctrl+o", "history", "History", id="chat.history",
+                tooltip="Reopen a past conversation"),
+    ]  # fmt: skip
+
+    DEFAULT_CSS = """
+    ChatPane { height: 1fr; }
+    ChatPane #chat-log { height: 1fr; }
+    ChatPane .user-turn { margin: 1 0 0 0; padding: 0 1; background: $boost; }
+    ChatPane .reply-turn { height: auto; padding: 0 1; }
+    ChatPane .reply-text { margin: 0; padding: 0; }
+    ChatPane .reply-text > * { margin: 0; }
+    ChatPane .reasoning { padding: 0; margin: 0; border: none; }
+    ChatPane .reasoning-text { color: $text-muted; margin: 0; padding: 0; }
+    ChatPane .tool-calls { height: auto; }
+    ChatPane .tool-call { border: round $secondary; padding: 0 1; }
+    ChatPane .reply-stats { color: $text-muted; }
+    ChatPane #chat-settings { height: 1; color: $text-muted; padding: 0 1; }
+    ChatPane #chat-input { height: 3; }
+    """
+
+    base_url: reactive[str | None] = reactive(None, init=False)
+    """OpenAI-compatible base URL; None: the server qtui runs (its state file)."""
+    model: reactive[str | None] = reactive(None, init=False)
+    """Model name; None: the first one the server lists."""
+    api_key_env: reactive[str | None] = reactive(None, init=False)
+    """Name of the environment variable holding the API key."""
+    streaming: reactive[bool] = reactive(False, init=False)
+    """A reply is being written now."""
+
+    class ReplyFinished(Message):
+        """A reply ended (complete, cancelled or interrupted)."""
+
+        def __init__(self, pane: ChatPane, message: TranscriptMessage) -> None:
+            super().__init__()
+            self.pane = pane
+            self.message = message
+
+        @property
+        def control(self) -> ChatPane:
+            return self.pane
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        *,
+        model: str | None = None,
+        api_key_env: str | None = None,
+        conversation: Conversation | None = None,
+        settings: ChatSettings | None = None,
+        id: str | None = None,
+    ) -> None:
+        super().__init__(id=id)
+        self.set_reactive(ChatPane.base_url, base_url)
+        self.set_reactive(ChatPane.model, model)
+        self.set_reactive(ChatPane.api_key_env, api_key_env)
+        self.conversation = conversation or Conversation.new()
+        self.settings = settings or ChatSettings()
+
+    def compose(self) -> ComposeResult:
+        yield VerticalScroll(id="chat-log")
+        yield Static(id="chat-settings", markup=False)
+        yield Input(placeholder="Message (/help for commands, Esc stops)", id="chat-input")
+
+    async def on_mount(self) -> None:
+        await self._show_conversation()
+        self.query_one("#chat-input", Input).focus()
+
+    # -- settings row -------------------------------------------------------
+    def _refresh_settings(self) -> None:
+        settings = self.settings
+        parts = [self.model or "model: auto"]
+        if settings.temperature is not None:
+            parts.append(f"temp {settings.temperature:g}")
+        if settings.top_p is not None:
+            parts.append(f"top_p {settings.top_p:g}")
+        if settings.max_tokens is not None:
+            parts.append(f"max {settings.max_tokens}")
+        if settings.enable_thinking is not None:
+            parts.append("think on" if settings.enable_thinking else "think off")
+        if self.conversation.system:
+            parts.append(f"system: {self.conversation.system[:30]}")
+        parts += [f"📎 {image.name}" for image in settings.images]
+        self.query_one("#chat-settings", Static).update(" · ".join(parts))
+
+    def watch_model(self) -> None:
+        self._refresh_settings()
+
+    # -- conversation -------------------------------------------------------
+    async def _show_conversation(self) -> None:
+        log = self.query_one("#chat-log", VerticalScroll)
+        await log.remove_children()
+        for message in self.conversation.messages:
+            if message.role == "user":
+                await log.mount(UserTurn(message))
+            else:
+                turn = ReplyTurn()
+                await log.mount(turn)
+                await turn.finish(message)
+        log.scroll_end(animate=False)
+        self._refresh_settings()
+
+    async def open_conversation(self, conversation: Conversation) -> None:
+        self.workers.cancel_group(self, "chat")
+        self.conversation.close()
+        self.conversation = conversation
+        await self._show_conversation()
+
+    async def action_new_conversation(self) -> None:
+        await self.open_conversation(Conversation.new(self.conversation.system))
+        self.notify("New conversation")
+
+    def action_history(self) -> None:
+        def reopen(conversation_id: str | None) -> None:
+            if conversation_id:
+                self.run_worker(
+                    self.open_conversation(Conversation.open(conversation_id)),
+                    group="chat-history",
+                )
+
+        self.app.push_screen(ConversationPicker(), reopen)
+
+    def action_stop(self) -> None:
+        if self.streaming:
+            self.workers.cancel_group(self, "chat")
+
+    def action_copy_last(self) -> None:
+        for message in reversed(self.conversation.messages):
+            if message.role == "assistant" and message.content:
+                self.app.copy_to_clipboard(message.content)
+                self.notify(f"Copied {len(message.content)} characters")
+                return
+        self.notify("No reply to copy yet", severity="warning")
+
+    # -- input ----------------------------------------------------------------
+    @on(Input.Submitted, "#chat-input")
+    async def _submitted(self, event: Input.Submitted) -> None:
+        text = event.value.strip()
+        if not text:
+            return
+        if text.startswith("/"):
+            event.input.value = ""
+            await self._command(text)
+            return
+        if self.streaming:
+            self.notify("A reply is still being written: Esc stops it", severity="warning")
+            return
+        event.input.value = ""
+        await self.send(text)
+
+    async def send(self, text: str) -> None:
+        """Add a user message and stream the reply to it."""
+        images = [str(image) for image in self.settings.images]
+        self.settings.images.clear()
+        message = self.conversation.add_user(text, images)
+        log = self.query_one("#chat-log", VerticalScroll)
+        turn = ReplyTurn()
+        await log.mount_all([UserTurn(message), turn])
+        log.anchor()
+        self._refresh_settings()
+        self.streaming = True
+        self._stream_reply(turn, self.conversation.api_messages(), self.settings.options())
+
+    async def _command(self, text: str) -> None:
+        name, _, arg = text.partition(" ")
+        arg = arg.strip()
+        try:
+            await self._apply_command(name.lower(), arg)
+        except ValueError as error:
+            self.notify(str(error), severity="error")
+        self._refresh_settings()
+
+    async def _apply_command(self, name: str, arg: str) -> None:
+        settings = self.settings
+        if name == "/new":
+            await self.action_new_conversation()
+        elif name == "/system":
+            self.conversation.set_system(arg or None)
+        elif name == "/temp":
+            settings.temperature = _number(arg, float, "temperature", 0.0, 2.0)
+        elif name == "/top_p":
+            settings.top_p = _number(arg, float, "top_p", 0.0, 1.0)
+        elif name == "/max":
+            settings.max_tokens = _number(arg, int, "max tokens", 1, 10_000_000)
+        elif name == "/think":
+            if arg not in ("on", "off", "default"):
+                raise ValueError("/think on, off or default")
+            settings.enable_thinking = None if arg == "default" else arg == "on"
+        elif name == "/image":
+            path = Path(arg).expanduser()
+            if not path.is_file():
+                raise ValueError(f"no file {path}")
+            image_data_url(path)  # raises ValueError for something that is not an image
+            settings.images.append(path)
+        elif name == "/copy":
+            self.action_copy_last()
+        elif name == "/history":
+            self.action_history()
+        elif name == "/model":
+            self.model = arg or None
+        elif name == "/url":
+            self.base_url = arg or None
+        else:
+            self.notify(HELP, title="Chat commands", timeout=10)
+
+    # -- streaming ------------------------------------------------------------
+    def _target(self) -> tuple[str, str | None] | None:
+        if self.base_url:
+            return self.base_url, self.api_key_env
+        found = default_server()
+        if found is None:
+            return None
+        return found[0], self.api_key_env or found[1]
+
+    @work(exclusive=True, group="chat", exit_on_error=False, description="chat reply")
+    async def _stream_reply(
+        self, turn: ReplyTurn, messages: list[dict[str, Any]], options: ChatOptions
+    ) -> None:
+        conversation = self.conversation
+        writer = conversation.start_reply(self.model)
+        reply = ReplyAccumulator()
+        status = "complete"
+        try:
+            target = self._target()
+            if target is None:
+                reply.error = "no server: start one (s) or set /url"
+                return
+            url, key_env = target
+            async with ChatClient(url, model=self.model, api_key_env=key_env) as client:
+                async for event in client.stream_reply(messages, options, reply):
+                    if isinstance(event, ContentDelta):
+                        writer.add_content(event.text)
+                        await turn.append_content(event.text)
+                    elif isinstance(event, ReasoningDelta):
+                        writer.add_reasoning(event.text)
+                        await turn.append_reasoning(event.text)
+                    elif isinstance(event, ToolCallDelta):
+                        call = reply.tool_calls[event.index]
+                        await turn.show_tool_call(event.index, vars(call))
+                if self.model is None and client.model:
+                    self.model = client.model
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
+        finally:
+            if status == "complete" and reply.error:
+                status = "interrupted"
+            message = writer.finish(
+                status,
+                error=reply.error,
+                finish_reason=reply.finish_reason,
+                usage=vars(reply.usage) if reply.usage else None,
+                stats=reply.stats.to_json(),
+                tool_calls=[vars(call) for call in reply.tool_calls.values()],
+            )
+            await turn.finish(message)
+            self.streaming = False
+            self.post_message(self.ReplyFinished(self, message))
+
+
+def _number(text: str, kind: type[float] | type[int], what: str, low: float, high: float) -> Any:
+    """A setting from a slash command; an empty argument resets it to the server default."""
+    if not text:
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{what}: {text!r} is not a number") from None
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be between {low:g} and {high:g}")
+    return value
