@@ -167,9 +167,7 @@ def cpu_profile(model: str, port: int = 8000) -> ServeProfile:
 class Settings(BaseSettings):
     """Everything qtui reads from its config file and `QTUI_*` variables."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="QTUI_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="QTUI_", env_nested_delimiter="__", extra="ignore")
 
     vllm: str = "vllm"
     """The engine: a `vllm` executable, or a Python that has vllm (env QTUI_VLLM)."""

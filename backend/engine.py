@@ -104,7 +104,9 @@ def _literal_strings(source: str, name: str) -> list[str] | None:
         value = node.value
         if isinstance(value, ast.Subscript):
             items = value.slice.elts if isinstance(value.slice, ast.Tuple) else [value.slice]
-            return [i.value for i in items if isinstance(i, ast.Constant) and isinstance(i.value, str)]
+            return [
+                i.value for i in items if isinstance(i, ast.Constant) and isinstance(i.value, str)
+            ]
     return None
 
 

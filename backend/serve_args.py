@@ -65,12 +65,12 @@ def port_holder(host: str, port: int) -> str | None:
             pass
     try:
         for conn in psutil.net_connections(kind="tcp"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
-                if conn.pid:
-                    try:
-                        return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
-                    except psutil.Error:
-                        return f"pid {conn.pid}"
+            listening = conn.status == psutil.CONN_LISTEN
+            if conn.laddr and conn.laddr.port == port and listening and conn.pid:
+                try:
+                    return f"pid {conn.pid} ({psutil.Process(conn.pid).name()})"
+                except psutil.Error:
+                    return f"pid {conn.pid}"
     except (psutil.Error, OSError):
         pass
     return "another process"
@@ -188,8 +188,10 @@ def plan_launch(profile: ServeProfile, engine: Engine, *, check_port: bool = Tru
             )
         model = str(model_path.resolve())
         profile = profile.model_copy(update={"model": model})
-    if profile.speculative.method == "mtp" and looks_local and not checkpoint_has_mtp_tensors(
-        model_path
+    if (
+        profile.speculative.method == "mtp"
+        and looks_local
+        and not checkpoint_has_mtp_tensors(model_path)
     ):
         raise LaunchRefused(
             f"MTP requested but {profile.model} has no mtp.* tensors (the quantizer dropped "

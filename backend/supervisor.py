@@ -339,8 +339,7 @@ class ServerSupervisor:
             if time.monotonic() > deadline:
                 self.stop()
                 raise SupervisorError(
-                    f"vLLM was not ready after {timeout_s:.0f} s; stopped it. "
-                    f"See {record.log_path}"
+                    f"vLLM was not ready after {timeout_s:.0f} s; stopped it. See {record.log_path}"
                 )
             time.sleep(poll_s)
 
@@ -425,6 +424,15 @@ class ServerSupervisor:
             profile_name, profile = record.profile_name, record.serve_profile
         self.stop()
         return self.start(profile_name, profile, **start_kwargs)
+
+    def toggle_spec(self, **start_kwargs: Any) -> ServerStatus:
+        """Restart the running profile with speculative decoding flipped on/off."""
+        record = self.load_record()
+        if record is None:
+            raise SupervisorError("no server to toggle: start one first")
+        profile = record.serve_profile
+        toggled = profile.model_copy(update={"speculative": profile.speculative.toggled()})
+        return self.restart(record.profile_name, toggled, **start_kwargs)
 
     def close(self) -> None:
         self._http.close()

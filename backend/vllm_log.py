@@ -57,7 +57,10 @@ FATAL_PATTERNS: tuple[FatalPattern, ...] = (
     ),
     FatalPattern(
         "max_len_too_large",
-        re.compile(r"larger than the available KV cache memory.*?estimated maximum model length is (?P<len>\d+)"),
+        re.compile(
+            r"larger than the available KV cache memory"
+            r".*?estimated maximum model length is (?P<len>\d+)"
+        ),
         "max_model_len does not fit in the KV cache: set max_model_len to {len} or less, "
         "or give the cache more memory",
     ),
@@ -69,7 +72,10 @@ FATAL_PATTERNS: tuple[FatalPattern, ...] = (
     ),
     FatalPattern(
         "less_free_memory",
-        re.compile(r"Free memory on device.*is less than desired|less than desired (GPU|CPU) memory utilization"),
+        re.compile(
+            r"Free memory on device.*is less than desired"
+            r"|less than desired (GPU|CPU) memory utilization"
+        ),
         "not enough free memory for the requested utilization (another process holds it?): "
         "lower gpu_memory_utilization or set kv_cache_memory_bytes",
     ),
@@ -134,7 +140,9 @@ def diagnose(lines: Iterable[str]) -> Diagnosis | None:
                 break
             match = fatal.pattern.search(line)
             if match:
-                advice = fatal.advice.format(**{k: v.strip() for k, v in match.groupdict().items() if v})
+                advice = fatal.advice.format(
+                    **{k: v.strip() for k, v in match.groupdict().items() if v}
+                )
                 best = (rank, Diagnosis(fatal.key, advice, line.strip()))
                 break
     return best[1] if best else None

@@ -79,7 +79,3 @@ def _open_panel(args: argparse.Namespace) -> int:
     app = make_app(profile=args.profile)
     app.run()
     return app.return_code or 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

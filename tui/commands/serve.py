@@ -30,6 +30,11 @@ def register(subparsers: Any) -> None:
     _add_profile_options(restart)
     restart.set_defaults(handler=cmd_restart)
 
+    toggle = actions.add_parser(
+        "toggle-spec", help="restart with speculative decoding (MTP) switched on/off"
+    )
+    toggle.set_defaults(handler=cmd_toggle_spec)
+
     stop = actions.add_parser("stop", help="stop the server and every process it started")
     stop.set_defaults(handler=cmd_stop)
 
@@ -44,17 +49,22 @@ def register(subparsers: Any) -> None:
 
 
 def _add_profile_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("profile", nargs="?", help="serve profile name (default_profile if omitted)")
+    parser.add_argument(
+        "profile", nargs="?", help="serve profile name (default_profile if omitted)"
+    )
     parser.add_argument("--model", help="checkpoint directory (overrides the profile)")
     parser.add_argument("--port", type=int, help="port (overrides the profile)")
     parser.add_argument("--host", help="bind address (default 127.0.0.1)")
     parser.add_argument("--spec", choices=SPEC_METHODS, help="speculative decoding method")
-    parser.add_argument("--kv-cache-dtype", help="KV-cache dtype, checked against the installed vLLM")
+    parser.add_argument(
+        "--kv-cache-dtype", help="KV-cache dtype, checked against the installed vLLM"
+    )
     parser.epilog = "Arguments after `--` go to `vllm serve` unchanged."
 
 
-def build_profile(args: argparse.Namespace, *, fallback: tuple[str, ServeProfile] | None = None
-                  ) -> tuple[str, ServeProfile]:
+def build_profile(
+    args: argparse.Namespace, *, fallback: tuple[str, ServeProfile] | None = None
+) -> tuple[str, ServeProfile]:
     """The profile named on the command line (or the fallback), with overrides applied."""
     config = settings()
     if args.profile or fallback is None:
@@ -128,6 +138,24 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 def cmd_restart(args: argparse.Namespace) -> int:
     return _start(args, restart=True)
+
+
+def cmd_toggle_spec(args: argparse.Namespace) -> int:
+    config = settings()
+    sup = supervisor(config, need_engine=True)
+    started = time.monotonic()
+    try:
+        status = sup.toggle_spec(timeout_s=config.ready_timeout_s, on_phase=_progress)
+    except LaunchRefused as error:
+        raise CommandError(str(error), exit_code=2) from None
+    except SupervisorError as error:
+        raise CommandError(str(error), exit_code=1) from None
+    spec = status.record.spec if status.record else "?"
+    print(
+        f"qtui: {status.phase.value} with spec {spec} in {time.monotonic() - started:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:

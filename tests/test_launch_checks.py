@@ -1,0 +1,125 @@
+"""Profile -> argv and the checks that refuse a launch before vLLM is started."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from backend.config import ServeProfile, SpeculativeSettings, cpu_profile
+from backend.engine import Engine, engine_facts, resolve_kv_cache_dtype
+from backend.serve_args import LaunchRefused, masked_command, plan_launch, profile_args
+
+
+def test_cpu_profile_argv_has_the_cpu_fixes(tiny_model: Path) -> None:
+    argv = profile_args(cpu_profile(str(tiny_model), port=8123), "auto")
+    assert argv[:5] == [str(tiny_model), "--host", "127.0.0.1", "--port", "8123"]
+    assert "--enforce-eager" in argv
+    assert argv[argv.index("--kv-cache-memory-bytes") + 1] == str(256 * 1024 * 1024)
+    assert "--speculative-config" not in argv
+
+
+def test_speculative_json_is_compact_and_complete(tiny_model: Path) -> None:
+    profile = cpu_profile(str(tiny_model))
+    profile = profile.model_copy(update={"speculative": profile.speculative.toggled()})
+    argv = profile_args(profile, "auto")
+    spec = json.loads(argv[argv.index("--speculative-config") + 1])
+    assert spec == {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3}
+
+
+def test_toggle_remembers_the_method_it_turned_off() -> None:
+    on = SpeculativeSettings(method="mtp", num_speculative_tokens=1)
+    off = on.toggled()
+    assert off.method == "off" and off.toggle_method == "mtp"
+    assert off.toggled().method == "mtp"
+
+
+def test_kv_dtypes_are_read_from_the_installed_vllm(engine: Engine) -> None:
+    facts = engine_facts(engine)
+    assert facts.read_from_install
+    assert "fp8" in facts.kv_cache_dtypes and "turboquant_4bit_nc" in facts.kv_cache_dtypes
+
+
+def test_fork_kv_dtype_maps_to_upstream_name_and_says_so() -> None:
+    dtype, note = resolve_kv_cache_dtype("tq-t4nc", ("auto", "fp8", "turboquant_4bit_nc"))
+    assert dtype == "turboquant_4bit_nc"
+    assert note and "tq-t4nc" in note and "turboquant_4bit_nc" in note
+
+
+def test_unknown_kv_dtype_lists_the_valid_ones(tiny_model: Path, engine: Engine) -> None:
+    profile = cpu_profile(str(tiny_model)).model_copy(update={"kv_cache_dtype": "fp9"})
+    with pytest.raises(LaunchRefused, match=r"'fp9' is not accepted.*fp8"):
+        plan_launch(profile, engine)
+
+
+def test_missing_model_dir_is_refused(tmp_path: Path, engine: Engine) -> None:
+    with pytest.raises(LaunchRefused, match="does not exist"):
+        plan_launch(cpu_profile(str(tmp_path / "nope")), engine)
+
+
+def test_dir_without_config_json_is_refused(tmp_path: Path, engine: Engine) -> None:
+    with pytest.raises(LaunchRefused, match=r"no config\.json"):
+        plan_launch(cpu_profile(str(tmp_path)), engine)
+
+
+def test_mtp_on_checkpoint_without_mtp_tensors_is_refused(tiny_model: Path, engine: Engine) -> None:
+    profile = cpu_profile(str(tiny_model)).model_copy(
+        update={"speculative": SpeculativeSettings(method="mtp")}
+    )
+    with pytest.raises(LaunchRefused, match=r"no mtp\.\* tensors"):
+        plan_launch(profile, engine)
+
+
+def test_bad_speculative_json_in_extra_args(tiny_model: Path, engine: Engine) -> None:
+    profile = cpu_profile(str(tiny_model)).model_copy(
+        update={"extra_args": ["--speculative-config", "{method: ngram"]}
+    )
+    with pytest.raises(LaunchRefused, match="not valid JSON"):
+        plan_launch(profile, engine)
+
+
+def test_port_in_use_names_the_holder(tiny_model: Path, engine: Engine) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(LaunchRefused, match=rf"port {port} .* in use by pid \d+"):
+            plan_launch(cpu_profile(str(tiny_model), port=port), engine)
+
+
+def test_public_host_without_api_key_is_refused(tiny_model: Path, engine: Engine) -> None:
+    profile = cpu_profile(str(tiny_model)).model_copy(update={"host": "0.0.0.0"})
+    with pytest.raises(LaunchRefused, match="api_key_env"):
+        plan_launch(profile, engine)
+
+
+def test_api_key_goes_by_environment_never_argv(
+    tiny_model: Path, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_VLLM_KEY", "s3cret-value")
+    profile = cpu_profile(str(tiny_model)).model_copy(
+        update={"host": "0.0.0.0", "api_key_env": "MY_VLLM_KEY"}
+    )
+    plan = plan_launch(profile, engine)
+    assert "s3cret-value" not in " ".join(plan.argv)
+    assert plan.env["VLLM_API_KEY"] == "s3cret-value"
+    assert plan.url.startswith("http://127.0.0.1:")
+    assert any("warning" in note and "0.0.0.0" in note for note in plan.notes)
+
+
+def test_api_key_in_extra_args_is_refused(tiny_model: Path, engine: Engine) -> None:
+    profile = cpu_profile(str(tiny_model)).model_copy(update={"extra_args": ["--api-key", "x"]})
+    with pytest.raises(LaunchRefused, match="visible to every user"):
+        plan_launch(profile, engine)
+
+
+def test_masked_command_hides_secret_values() -> None:
+    shown = masked_command(["vllm", "serve", "m", "--api-key", "abc", "--hf-token=xyz"])
+    assert "abc" not in shown and "xyz" not in shown and shown.count("****") == 2
+
+
+def test_profile_rejects_api_key_in_env_table() -> None:
+    with pytest.raises(ValueError, match="api_key_env"):
+        ServeProfile(model="m", env={"VLLM_API_KEY": "x"})
