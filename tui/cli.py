@@ -17,6 +17,7 @@ from backend.config import ConfigError
 COMMAND_MODULES = (
     "tui.commands.chat",
     "tui.commands.mtp",
+    "tui.commands.quantize",
     "tui.commands.serve",
     "tui.commands.setup",
 )
