@@ -17,7 +17,7 @@ import json
 import mimetypes
 import os
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,6 +343,8 @@ class ReplyStats:
 class ReplyAccumulator:
     """Folds the event stream into one reply, timing tokens as they arrive."""
 
+    clock: Callable[[], float] = time.monotonic
+    """Where times come from (a fixed clock makes snapshots deterministic)."""
     started: float = field(default_factory=time.monotonic)
     text: str = ""
     reasoning: str = ""
@@ -356,7 +358,7 @@ class ReplyAccumulator:
     """Set by ChatClient.stream_reply once the reply is over."""
 
     def add(self, event: ChatEvent, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
+        now = self.clock() if now is None else now
         if isinstance(event, (ContentDelta, ReasoningDelta, ToolCallDelta)):
             if self.first_token_at is None:
                 self.first_token_at = now
@@ -545,7 +547,7 @@ class ChatClient:
         """`stream()`, folding events into `reply` and measuring spec acceptance around it."""
         reply = reply if reply is not None else ReplyAccumulator()
         before = await self.spec_snapshot()
-        reply.started = time.monotonic()
+        reply.started = reply.clock()
         async for event in self.stream(messages, options):
             reply.add(event)
             yield event

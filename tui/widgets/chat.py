@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,6 +244,7 @@ class ChatPane(Vertical):
         api_key_env: str | None = None,
         conversation: Conversation | None = None,
         settings: ChatSettings | None = None,
+        clock: Callable[[], float] = time.monotonic,
         id: str | None = None,
     ) -> None:
         super().__init__(id=id)
@@ -250,6 +253,8 @@ class ChatPane(Vertical):
         self.set_reactive(ChatPane.api_key_env, api_key_env)
         self.conversation = conversation or Conversation.new()
         self.settings = settings or ChatSettings()
+        self.clock = clock
+        """Times replies; tests pass a fixed clock for deterministic stats."""
 
     def compose(self) -> ComposeResult:
         yield VerticalScroll(id="chat-log")
@@ -412,7 +417,7 @@ class ChatPane(Vertical):
     ) -> None:
         conversation = self.conversation
         writer = conversation.start_reply(self.model)
-        reply = ReplyAccumulator()
+        reply = ReplyAccumulator(clock=self.clock)
         status = "complete"
         try:
             target = self._target()
