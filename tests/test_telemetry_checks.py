@@ -1,0 +1,79 @@
+"""Checks on telemetry: silent MTP failure, running vs requested config, startup readout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from backend.metrics import MetricsScraper, TelemetrySnapshot
+from backend.telemetry_checks import (
+    Expected,
+    TelemetryChecks,
+    config_mismatches,
+    parse_startup,
+    silent_mtp_failure,
+    startup_readout,
+)
+from tests.test_metrics import page
+
+PREFIX = "(EngineCore_DP0 pid=812) INFO 11-29 18:01:02 [gpu_worker.py:298] "
+GPU_LOG = [
+    PREFIX + "Model loading took 17.64 GiB memory and 41.3 seconds",
+    PREFIX + "Available KV cache memory: 104.27 GiB",
+    PREFIX + "GPU KV cache size: 1,366,720 tokens",
+    PREFIX + "Maximum concurrency for 32,768 tokens per request: 41.71x",
+]
+
+
+def spec_snapshot(drafts: float, accepted: float, draft_tokens: float) -> TelemetrySnapshot:
+    scraper = MetricsScraper("http://x", window_s=10)
+    scraper.ingest(page(spec=(0, 0, 0)), at=0.0)
+    return scraper.ingest(page(gen=drafts, spec=(drafts, draft_tokens, accepted)), at=10.0)
+
+
+def test_silent_mtp_failure_fires_on_dead_acceptance_with_enough_drafts() -> None:
+    dead = spec_snapshot(drafts=200, accepted=0, draft_tokens=400)
+    warning = silent_mtp_failure(dead, "mtp")
+    assert warning is not None
+    assert "mtp.fc" in warning and "qtui mtp inspect" in warning
+    assert "200 drafts" in warning
+
+
+def test_silent_mtp_failure_stays_quiet_when_it_should() -> None:
+    assert silent_mtp_failure(spec_snapshot(200, 150, 400), "mtp") is None  # healthy
+    assert silent_mtp_failure(spec_snapshot(5, 0, 10), "mtp") is None  # too few drafts
+    assert silent_mtp_failure(spec_snapshot(200, 0, 400), "ngram") is None  # not MTP
+    assert silent_mtp_failure(spec_snapshot(200, 3, 400), "mtp") is not None  # ~1.01 length
+
+
+def test_config_mismatch_on_kv_dtype_and_spec_presence() -> None:
+    scraper = MetricsScraper("http://x")
+    snap = scraper.ingest(page(cache_dtype="fp8_e4m3", spec=(0, 0, 0)), at=0.0)
+    assert config_mismatches(snap, Expected("mtp", "fp8")) == []  # same cache, two names
+    assert config_mismatches(snap, Expected("mtp", "tq-k8v4"))[0].startswith(
+        "the server runs KV-cache dtype 'fp8_e4m3'"
+    )
+    spec_off = config_mismatches(snap, Expected("off", "fp8"))
+    assert len(spec_off) == 1 and "has it off" in spec_off[0]
+    plain = MetricsScraper("http://x").ingest(page(), at=0.0)
+    missing = config_mismatches(plain, Expected("mtp", "auto"))
+    assert len(missing) == 1 and "no spec-decode counters" in missing[0]
+
+
+def test_checks_run_inside_the_scraper() -> None:
+    scraper = MetricsScraper("http://x", checks=TelemetryChecks(Expected("mtp", "auto")))
+    scraper.ingest(page(spec=(0, 0, 0)), at=0.0)
+    snap = scraper.ingest(page(gen=300, spec=(300, 600, 0)), at=10.0)
+    assert len(snap.warnings) == 1 and "MTP is on but accepts almost nothing" in snap.warnings[0]
+
+
+def test_startup_readout_from_gpu_lines() -> None:
+    readout = parse_startup(GPU_LOG)
+    assert readout.model_load_gib == 17.64 and readout.model_load_s == 41.3
+    assert readout.kv_cache_gib == 104.27
+    assert readout.kv_cache_tokens == 1_366_720
+    assert readout.max_concurrency == 41.71 and readout.tokens_per_request == 32_768
+
+
+def test_startup_readout_without_lines_is_empty(tmp_path: Path) -> None:
+    assert startup_readout(tmp_path / "missing.log").empty
+    assert parse_startup(["nothing here", "\x1b[32mINFO\x1b[0m still nothing\r"]).empty
