@@ -1,0 +1,289 @@
+"""The qtui App: owns the server supervisor and the long-lived watchers.
+
+Screens render state and post intents; the App runs the work. Long-lived
+workers (status poll, log tail) live here because workers die with their DOM
+node, and a screen may be swapped while the server keeps running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from functools import partial
+from collections.abc import Iterable
+from pathlib import Path
+
+from textual import on, work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState, get_current_worker
+
+from backend.config import (
+    ConfigError,
+    ServeProfile,
+    Settings,
+    load_settings,
+    resolve_profile,
+    save_user_config,
+)
+from backend.engine import EngineError, resolve_engine
+from backend.serve_args import LaunchRefused
+from backend.supervisor import ServerSupervisor, SupervisorError
+from backend.vllm_log import clean_line, tail_lines
+from themes import QTUI_THEMES, TCSS_PATH, THEME_NAMES
+from tui.messages import ServerLogLines, ServerStatusPolled
+from tui.screens.profile_picker import ProfilePicker
+from tui.screens.server import ServerScreen
+
+CONTROL_GROUP = "server-control"
+
+
+class QtuiApp(App[int]):
+    """Serve, watch and stop a vLLM server from one screen."""
+
+    TITLE = "qtui"
+    CSS_PATH = TCSS_PATH
+    BINDINGS = [
+        Binding("q", "quit", "Quit", id="quit", tooltip="Leave qtui (the server keeps running)"),
+        Binding("f1", "show_help_panel", "Keys", id="help", tooltip="Show every key"),
+    ]
+
+    def __init__(
+        self,
+        settings: Settings,
+        supervisor: ServerSupervisor,
+        profile_name: str | None = None,
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        super().__init__()
+        self.settings = settings
+        self.supervisor = supervisor
+        self.poll_interval_s = poll_interval_s
+        self.profile_name: str | None = None
+        self.profile: ServeProfile | None = None
+        self._stop_polling = threading.Event()
+        # Themes first: the stylesheet refers to their variables.
+        for theme in QTUI_THEMES:
+            self.register_theme(theme)
+        self.theme = settings.theme if settings.theme in self.available_themes else "qtui-dark"
+        self._choose_initial_profile(profile_name)
+
+    # -- set-up -------------------------------------------------------------
+    def _choose_initial_profile(self, requested: str | None) -> None:
+        status = self.supervisor.status()
+        record = status.record
+        if requested is None and record is not None and status.phase.is_up:
+            # Re-attach: show what the running server uses.
+            self.profile_name, self.profile = record.profile_name, record.serve_profile
+            return
+        with contextlib.suppress(ConfigError):
+            self.profile_name, self.profile = resolve_profile(self.settings, requested)
+
+    def get_default_screen(self) -> Screen[None]:
+        return ServerScreen()
+
+    def on_mount(self) -> None:
+        if self.settings.keymap:
+            self.set_keymap(self.settings.keymap)
+        self.call_after_refresh(self._show_profile)
+        self.poll_status()
+        self.tail_log()
+
+    def on_unmount(self) -> None:
+        self._stop_polling.set()
+
+    def watch_theme(self, theme: str) -> None:
+        if theme in THEME_NAMES and theme != self.settings.theme:
+            self.settings.theme = theme
+            with contextlib.suppress(OSError):
+                save_user_config(self.settings)
+
+    @property
+    def server_screen(self) -> ServerScreen | None:
+        for screen in self.screen_stack:
+            if isinstance(screen, ServerScreen):
+                return screen
+        return None
+
+    def _show_profile(self) -> None:
+        screen = self.server_screen
+        if screen is not None and screen.is_mounted and self.profile_name:
+            screen.show_profile(self.profile_name, self.profile)
+
+    # -- long-lived watchers -----------------------------------------------
+    @work(thread=True, group="watch-status", exit_on_error=False, description="watch the server")
+    def poll_status(self) -> None:
+        worker = get_current_worker()
+        while not worker.is_cancelled and not self._stop_polling.is_set():
+            status = self.supervisor.status()
+            screen = self.server_screen
+            if screen is not None:
+                screen.post_message(ServerStatusPolled(status))
+            self._stop_polling.wait(self.poll_interval_s)
+
+    @work(thread=True, group="watch-log", exit_on_error=False, description="tail the server log")
+    def tail_log(self) -> None:
+        worker = get_current_worker()
+        current: Path | None = None
+        offset = 0
+        pending = b""
+        while not worker.is_cancelled and not self._stop_polling.is_set():
+            record = self.supervisor.load_record()
+            path = Path(record.log_path) if record else None
+            lines: list[str] = []
+            reset = False
+            if path != current and path is not None and path.exists():
+                current, reset = path, True
+                lines = tail_lines(path, 300)
+                offset, pending = path.stat().st_size, b""
+            elif current is not None:
+                with contextlib.suppress(OSError), open(current, "rb") as handle:
+                    handle.seek(offset)
+                    chunk = handle.read(1 << 20)
+                    offset += len(chunk)
+                    pending += chunk
+                    *complete, pending = pending.split(b"\n")
+                    lines = [clean_line(raw.decode("utf-8", "replace")) for raw in complete]
+            screen = self.server_screen
+            if (lines or reset) and screen is not None:
+                screen.post_message(ServerLogLines(lines, reset=reset))
+            self._stop_polling.wait(0.3)
+
+    # -- actions --------------------------------------------------------------
+    def _require_profile(self) -> tuple[str, ServeProfile] | None:
+        if self.profile_name is None or self.profile is None:
+            self.notify(
+                "No serve profile: press p to pick one, or run `qtui init`",
+                severity="error",
+            )
+            return None
+        return self.profile_name, self.profile
+
+    def action_start_server(self) -> None:
+        chosen = self._require_profile()
+        if chosen is not None:
+            self.notify(f"Starting {chosen[0]}…")
+            self._run_control("start", chosen)
+
+    def action_stop_server(self) -> None:
+        self.notify("Stopping the server…")
+        self._run_control("stop", None)
+
+    def action_restart_server(self) -> None:
+        record = self.supervisor.load_record()
+        chosen = (record.profile_name, record.serve_profile) if record else self._require_profile()
+        if chosen is not None:
+            self.notify(f"Restarting {chosen[0]}…")
+            self._run_control("restart", chosen)
+
+    def action_toggle_spec(self) -> None:
+        status = self.supervisor.status()
+        if status.phase.is_up and status.record is not None:
+            profile = status.record.serve_profile
+            toggled = profile.model_copy(update={"speculative": profile.speculative.toggled()})
+            self.profile_name, self.profile = status.record.profile_name, toggled
+            self._show_profile()
+            self.notify(f"Speculative decoding → {toggled.speculative.method}; restarting…")
+            self._run_control("restart", (status.record.profile_name, toggled))
+            return
+        chosen = self._require_profile()
+        if chosen is None:
+            return
+        name, profile = chosen
+        self.profile = profile.model_copy(update={"speculative": profile.speculative.toggled()})
+        self._remember_profile(name, self.profile)
+        self._show_profile()
+        self.notify(
+            f"Speculative decoding {self.profile.speculative.method} for the next start (s)"
+        )
+
+    def _remember_profile(self, name: str, profile: ServeProfile) -> None:
+        """Keep a user profile's change in the config file (built-ins stay as shipped)."""
+        if name in self.settings.profiles:
+            self.settings.profiles[name] = profile
+            with contextlib.suppress(OSError):
+                save_user_config(self.settings)
+
+    def action_pick_profile(self) -> None:
+        def chosen(name: str | None) -> None:
+            if name:
+                self.use_profile(name)
+
+        self.push_screen(ProfilePicker(self.settings.all_profiles(), self.profile_name), chosen)
+
+    def use_profile(self, name: str) -> None:
+        self.profile_name, self.profile = name, self.settings.all_profiles()[name]
+        self._show_profile()
+        self.notify(f"Profile {name} selected: s starts it")
+
+    @work(thread=True, group=CONTROL_GROUP, exit_on_error=False, description="server control")
+    def _run_control(self, action: str, chosen: tuple[str, ServeProfile] | None) -> str:
+        timeout = self.settings.ready_timeout_s
+        if action == "stop":
+            report = self.supervisor.stop()
+            return f"Stopped ({', '.join(report.steps) or 'nothing was running'})"
+        assert chosen is not None
+        name, profile = chosen
+        if action == "restart":
+            status = self.supervisor.restart(name, profile, timeout_s=timeout)
+        else:
+            status = self.supervisor.start(name, profile, timeout_s=timeout)
+        url = status.record.url if status.record else ""
+        return f"{name} ready at {url} (spec {profile.speculative.method})"
+
+    @on(Worker.StateChanged)
+    def report_control_result(self, event: Worker.StateChanged) -> None:
+        """One router turns every control worker's outcome into a notification."""
+        worker = event.worker
+        if worker.group != CONTROL_GROUP:
+            return
+        if event.state == WorkerState.SUCCESS and isinstance(worker.result, str):
+            self.notify(worker.result)
+        elif event.state == WorkerState.ERROR:
+            error = worker.error
+            known = (SupervisorError, LaunchRefused, EngineError, ConfigError)
+            message = str(error) if isinstance(error, known) else f"{type(error).__name__}: {error}"
+            self.notify(message, severity="error", timeout=12)
+
+    # -- palette -----------------------------------------------------------------
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand(
+            "Start server", "Start vLLM with the selected profile", self.action_start_server
+        )
+        yield SystemCommand(
+            "Stop server", "Stop the server and its processes", self.action_stop_server
+        )
+        yield SystemCommand("Restart server", "Stop, then start", self.action_restart_server)
+        yield SystemCommand(
+            "Toggle MTP / speculative decoding",
+            "Switch speculative decoding on or off (restarts a running server)",
+            self.action_toggle_spec,
+        )
+        yield SystemCommand(
+            "Pick serve profile", "Choose the profile to start", self.action_pick_profile
+        )
+        for name in self.settings.all_profiles():
+            yield SystemCommand(
+                f"Use profile: {name}",
+                "Select this profile",
+                partial(self.use_profile, name),
+            )
+
+
+def make_app(
+    profile: str | None = None,
+    settings: Settings | None = None,
+    supervisor: ServerSupervisor | None = None,
+    poll_interval_s: float = 1.0,
+) -> QtuiApp:
+    """The one factory the CLI and the tests use to build the panel."""
+    settings = settings or load_settings()
+    if supervisor is None:
+        try:
+            engine = resolve_engine(settings.vllm)
+        except EngineError:
+            engine = None  # the panel still opens; starting says how to fix it
+        supervisor = ServerSupervisor(engine)
+    return QtuiApp(settings, supervisor, profile_name=profile, poll_interval_s=poll_interval_s)

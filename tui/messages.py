@@ -1,0 +1,27 @@
+"""Messages the App's long-lived workers post; screens react to them."""
+
+from __future__ import annotations
+
+from textual.message import Message
+
+from backend.supervisor import ServerStatus
+
+
+class ServerStatusPolled(Message):
+    """A fresh view of the server (phase, record), about once a second."""
+
+    def __init__(self, status: ServerStatus) -> None:
+        super().__init__()
+        self.status = status
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, ServerStatusPolled)
+
+
+class ServerLogLines(Message):
+    """New lines of the server log (cleaned); `reset` when a new log began."""
+
+    def __init__(self, lines: list[str], reset: bool = False) -> None:
+        super().__init__()
+        self.lines = lines
+        self.reset = reset

@@ -1,0 +1,82 @@
+"""The two-line server summary at the top of the Server screen."""
+
+from __future__ import annotations
+
+from textual.content import Content
+from textual.markup import escape
+from textual.reactive import reactive
+from textual.widgets import Static
+
+from backend.config import ServeProfile
+from backend.supervisor import Phase, ServerStatus
+
+PHASE_MARK = {
+    Phase.READY: "●",
+    Phase.STARTING: "◐",
+    Phase.LOADING: "◑",
+    Phase.STOPPING: "◒",
+    Phase.FAILED: "✖",
+    Phase.STOPPED: "○",
+}
+
+PHASE_COLOUR = {
+    Phase.READY: "$server-up",
+    Phase.STARTING: "$server-busy",
+    Phase.LOADING: "$server-busy",
+    Phase.STOPPING: "$server-busy",
+    Phase.FAILED: "$error",
+    Phase.STOPPED: "$server-down",
+}
+
+
+def format_uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def spec_label(profile: ServeProfile) -> str:
+    spec = profile.speculative
+    if not spec.enabled:
+        return f"off (m: {spec.toggle_method})"
+    return f"{spec.method} x{spec.num_speculative_tokens}"
+
+
+class ServerStatusBar(Static):
+    """Phase, profile, URL, spec, KV dtype, uptime: what the server is doing now."""
+
+    status: reactive[ServerStatus | None] = reactive(None, always_update=True)
+    """The last polled status; None before the first poll."""
+    profile_name: reactive[str] = reactive("")
+    """The profile shown when no server runs (the one `s` would start)."""
+    profile: reactive[ServeProfile | None] = reactive(None)
+
+    def render(self) -> Content:
+        status = self.status
+        phase = status.phase if status else Phase.STOPPED
+        record = status.record if status and phase.is_up else None
+        profile: ServeProfile | None
+        if record is not None:
+            name, profile, url = record.profile_name, record.serve_profile, record.url
+        else:
+            name, profile = self.profile_name, self.profile
+            url = f"http://{profile.host}:{profile.port}" if profile else "-"
+        colour = PHASE_COLOUR[phase]
+        line1 = (
+            f"[bold {colour}]{PHASE_MARK[phase]} {phase.value:<8}[/]"
+            f"  [b]{escape(name or 'no profile')}[/]  {escape(url)}"
+        )
+        if record is not None and status is not None:
+            line1 += f"  [$foreground-muted]up[/] {format_uptime(status.uptime_s)}"
+            line1 += f"  [$foreground-muted]pid[/] {record.pid}"
+        if profile is not None:
+            line2 = (
+                f"[$foreground-muted]spec[/] {escape(spec_label(profile))}"
+                f"   [$foreground-muted]kv[/] {escape(profile.kv_cache_dtype)}"
+                f"   [$foreground-muted]model[/] {escape(profile.model)}"
+            )
+        else:
+            line2 = "[i]no serve profile: run `qtui init` or pass --profile[/]"
+        return Content.from_markup(line1 + "\n" + line2)
