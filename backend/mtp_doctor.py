@@ -470,6 +470,16 @@ def diagnose(checkpoint: Checkpoint) -> Report:
         "mtp_layers_present": present,
         "quant_method": (quant or {}).get("quant_method"),
     }
+    if (path / JOURNAL_NAME).exists():
+        # Mid-rename the files disagree with each other; only finishing the patch is meaningful.
+        return Report(
+            str(path),
+            Verdict.FIXABLE,
+            "an interrupted patch left a journal; run `qtui mtp patch` to finish it",
+            pending_patch=True,
+            problems=["an interrupted patch left a journal"],
+            **known,
+        )
     if declared < 1:
         return _impossible(path, "config declares no MTP layers (mtp_num_hidden_layers)", **known)
     if not mtp_names:
@@ -491,7 +501,6 @@ def diagnose(checkpoint: Checkpoint) -> Report:
     report.uncovered_packed = uncovered_packed_layers(checkpoint, quant)
     report.index = check_index(checkpoint)
     report.quant_file_mismatch = _quant_file_mismatch(checkpoint)
-    report.pending_patch = (path / JOURNAL_NAME).exists()
     report.problems = _problems(report)
     if report.problems:
         report.verdict = Verdict.FIXABLE
@@ -520,8 +529,6 @@ def _normalised(key: str, value: Any) -> Any:
 
 def _problems(report: Report) -> list[str]:
     problems = []
-    if report.pending_patch:
-        problems.append("an interrupted patch left a journal")
     fc = report.fc
     assert fc is not None
     if fc.kind == "packed":
