@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from functools import partial
 from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 
 from textual import on, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState, get_current_worker
 
@@ -43,6 +44,9 @@ class QtuiApp(App[int]):
     """Serve, watch and stop a vLLM server from one screen."""
 
     TITLE = "qtui"
+
+    selected_profile: reactive[tuple[str, ServeProfile] | None] = reactive(None, init=False)
+    """(name, profile) that `s` starts; screens watch it."""
     CSS_PATH = TCSS_PATH
     BINDINGS = [
         Binding("q", "quit", "Quit", id="quit", tooltip="Leave qtui (the server keeps running)"),
@@ -60,8 +64,6 @@ class QtuiApp(App[int]):
         self.settings = settings
         self.supervisor = supervisor
         self.poll_interval_s = poll_interval_s
-        self.profile_name: str | None = None
-        self.profile: ServeProfile | None = None
         self._stop_polling = threading.Event()
         # Themes first: the stylesheet refers to their variables.
         for theme in QTUI_THEMES:
@@ -75,10 +77,18 @@ class QtuiApp(App[int]):
         record = status.record
         if requested is None and record is not None and status.phase.is_up:
             # Re-attach: show what the running server uses.
-            self.profile_name, self.profile = record.profile_name, record.serve_profile
+            self.set_reactive(QtuiApp.selected_profile, (record.profile_name, record.serve_profile))
             return
         with contextlib.suppress(ConfigError):
-            self.profile_name, self.profile = resolve_profile(self.settings, requested)
+            self.set_reactive(QtuiApp.selected_profile, resolve_profile(self.settings, requested))
+
+    @property
+    def profile_name(self) -> str | None:
+        return self.selected_profile[0] if self.selected_profile else None
+
+    @property
+    def profile(self) -> ServeProfile | None:
+        return self.selected_profile[1] if self.selected_profile else None
 
     def get_default_screen(self) -> Screen[None]:
         return ServerScreen()
@@ -86,7 +96,6 @@ class QtuiApp(App[int]):
     def on_mount(self) -> None:
         if self.settings.keymap:
             self.set_keymap(self.settings.keymap)
-        self.call_after_refresh(self._show_profile)
         self.poll_status()
         self.tail_log()
 
@@ -105,11 +114,6 @@ class QtuiApp(App[int]):
             if isinstance(screen, ServerScreen):
                 return screen
         return None
-
-    def _show_profile(self) -> None:
-        screen = self.server_screen
-        if screen is not None and screen.is_mounted and self.profile_name:
-            screen.show_profile(self.profile_name, self.profile)
 
     # -- long-lived watchers -----------------------------------------------
     @work(thread=True, group="watch-status", exit_on_error=False, description="watch the server")
@@ -182,8 +186,7 @@ class QtuiApp(App[int]):
         if status.phase.is_up and status.record is not None:
             profile = status.record.serve_profile
             toggled = profile.model_copy(update={"speculative": profile.speculative.toggled()})
-            self.profile_name, self.profile = status.record.profile_name, toggled
-            self._show_profile()
+            self.selected_profile = (status.record.profile_name, toggled)
             self.notify(f"Speculative decoding → {toggled.speculative.method}; restarting…")
             self._run_control("restart", (status.record.profile_name, toggled))
             return
@@ -191,12 +194,10 @@ class QtuiApp(App[int]):
         if chosen is None:
             return
         name, profile = chosen
-        self.profile = profile.model_copy(update={"speculative": profile.speculative.toggled()})
-        self._remember_profile(name, self.profile)
-        self._show_profile()
-        self.notify(
-            f"Speculative decoding {self.profile.speculative.method} for the next start (s)"
-        )
+        toggled = profile.model_copy(update={"speculative": profile.speculative.toggled()})
+        self.selected_profile = (name, toggled)
+        self._remember_profile(name, toggled)
+        self.notify(f"Speculative decoding {toggled.speculative.method} for the next start (s)")
 
     def _remember_profile(self, name: str, profile: ServeProfile) -> None:
         """Keep a user profile's change in the config file (built-ins stay as shipped)."""
@@ -213,8 +214,7 @@ class QtuiApp(App[int]):
         self.push_screen(ProfilePicker(self.settings.all_profiles(), self.profile_name), chosen)
 
     def use_profile(self, name: str) -> None:
-        self.profile_name, self.profile = name, self.settings.all_profiles()[name]
-        self._show_profile()
+        self.selected_profile = (name, self.settings.all_profiles()[name])
         self.notify(f"Profile {name} selected: s starts it")
 
     @work(thread=True, group=CONTROL_GROUP, exit_on_error=False, description="server control")

@@ -9,6 +9,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Static, TabbedContent, TabPane
 
+from backend.config import ServeProfile
 from backend.supervisor import Phase
 from tui.messages import ServerLogLines, ServerStatusPolled
 from tui.widgets.log_view import ServerLogView
@@ -46,6 +47,7 @@ class ServerScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self._apply_width(self.size.width)
+        self.watch(self.app, "selected_profile", self._show_profile, init=True)
 
     def on_resize(self) -> None:
         self._apply_width(self.size.width)
@@ -66,7 +68,6 @@ class ServerScreen(Screen[None]):
     def show_log(self, message: ServerLogLines) -> None:
         self.query_one(ServerLogView).add_lines(message.lines, reset=message.reset)
 
-    def show_profile(self, name: str, profile: object) -> None:
+    def _show_profile(self, selected: tuple[str, ServeProfile] | None) -> None:
         bar = self.query_one(ServerStatusBar)
-        bar.profile_name = name
-        bar.profile = profile  # type: ignore[assignment]
+        bar.profile_name, bar.profile = selected if selected else ("", None)

@@ -1,0 +1,112 @@
+"""Whole-app Pilot tests of the Server screen at 80x24 against the real vLLM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+
+import httpx
+
+from backend.config import Settings, cpu_profile
+from backend.engine import Engine
+from backend.supervisor import Phase, ServerSupervisor, group_members
+from tests.conftest import engine_spec, free_port
+from tui.app import CONTROL_GROUP, QtuiApp, make_app
+from tui.widgets.status_bar import ServerStatusBar
+
+
+def build_app(model: Path, engine: Engine, state_dir: Path) -> QtuiApp:
+    settings = Settings(
+        vllm=engine_spec(),
+        profiles={"tiny-cpu": cpu_profile(str(model), port=free_port())},
+        default_profile="tiny-cpu",
+    )
+    return make_app(
+        settings=settings,
+        supervisor=ServerSupervisor(engine, state_dir=state_dir),
+        poll_interval_s=0.2,
+    )
+
+
+async def finish_control(app: QtuiApp) -> None:
+    """Wait for the start/stop/restart worker the last key launched."""
+    for worker in list(app.workers):
+        if worker.group == CONTROL_GROUP:
+            await worker.wait()
+
+
+async def bar_shows(app: QtuiApp, phase: Phase, timeout: float = 10) -> str:
+    bar = app.screen.query_one(ServerStatusBar)
+    for _ in range(int(timeout / 0.1)):
+        text = str(bar.render())
+        if phase.value in text:
+            return text
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"status bar never showed {phase.value}: {bar.render()}")
+
+
+async def test_start_toggle_stop_by_keys_at_80x24(
+    tiny_model: Path, engine: Engine, tmp_path: Path
+) -> None:
+    app = build_app(tiny_model, engine, tmp_path / "state")
+    sup = app.supervisor
+    async with app.run_test(size=(80, 24)) as pilot:
+        await bar_shows(app, Phase.STOPPED)
+        assert "tiny-cpu" in str(app.screen.query_one(ServerStatusBar).render())
+
+        await pilot.press("s")
+        await finish_control(app)
+        assert sup.status().phase == Phase.READY
+        first = sup.load_record()
+        assert first is not None and first.spec == "off"
+        await bar_shows(app, Phase.READY)
+
+        await pilot.press("m")
+        await finish_control(app)
+        second = sup.load_record()
+        assert second is not None and second.spec == "ngram" and second.pid != first.pid
+        assert group_members(first.pgid) == []
+        metrics = httpx.get(f"{second.url}/metrics", timeout=5).text
+        assert "vllm:spec_decode_num_drafts_total" in metrics
+        text = await bar_shows(app, Phase.READY)
+        assert "spec ngram" in text
+
+        await pilot.press("x")
+        await finish_control(app)
+        assert sup.status().phase == Phase.STOPPED
+        assert group_members(second.pgid) == []
+        await bar_shows(app, Phase.STOPPED)
+
+
+async def test_toggle_while_stopped_changes_the_next_start(
+    tiny_model: Path, engine: Engine, tmp_path: Path
+) -> None:
+    app = build_app(tiny_model, engine, tmp_path / "state")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("m")
+        await pilot.pause()
+        assert app.profile is not None and app.profile.speculative.method == "ngram"
+        assert app.supervisor.load_record() is None  # nothing was started
+        await pilot.press("m")
+        await pilot.pause()
+        assert app.profile.speculative.method == "off"
+
+
+async def test_failed_start_shows_the_reason(
+    tiny_model: Path, engine: Engine, tmp_path: Path
+) -> None:
+    app = build_app(tiny_model / "missing", engine, tmp_path / "state")
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("s")
+        for worker in list(app.workers):
+            if worker.group == CONTROL_GROUP:
+                await asyncio.wait_for(_settle(worker), timeout=10)
+        await pilot.pause()
+        messages = [n.message for n in app._notifications]
+        assert any("does not exist" in m for m in messages), messages
+
+
+async def _settle(worker: object) -> None:
+    with contextlib.suppress(Exception):
+        await worker.wait()  # type: ignore[attr-defined]
