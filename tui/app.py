@@ -34,6 +34,7 @@ from backend.supervisor import ServerSupervisor, SupervisorError
 from backend.vllm_log import clean_line, tail_lines
 from themes import QTUI_THEMES, TCSS_PATH, THEME_NAMES
 from tui.messages import ServerLogLines, ServerStatusPolled
+from tui.screens.help import HelpScreen, binding_rows
 from tui.screens.profile_picker import ProfilePicker
 from tui.screens.server import ServerScreen
 
@@ -50,7 +51,13 @@ class QtuiApp(App[int]):
     CSS_PATH = TCSS_PATH
     BINDINGS = [
         Binding("q", "quit", "Quit", id="quit", tooltip="Leave qtui (the server keeps running)"),
-        Binding("f1", "show_help_panel", "Keys", id="help", tooltip="Show every key"),
+        Binding(
+            "question_mark,f1",
+            "show_keys",
+            "Keys",
+            id="help",
+            tooltip="List every key and its id (for the keymap)",
+        ),
     ]
 
     def __init__(
@@ -155,6 +162,13 @@ class QtuiApp(App[int]):
             self._stop_polling.wait(0.3)
 
     # -- actions --------------------------------------------------------------
+    def action_show_keys(self) -> None:
+        sources = [("everywhere", self.BINDINGS)]
+        screen = self.server_screen
+        if screen is not None:
+            sources.append(("server", type(screen).BINDINGS))
+        self.push_screen(HelpScreen(binding_rows(sources, self.settings.keymap)))
+
     def _require_profile(self) -> tuple[str, ServeProfile] | None:
         if self.profile_name is None or self.profile is None:
             self.notify(

@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile", help="serve profile to show (default: default_profile)")
     parser.add_argument("--serve-web", action="store_true", help="serve the panel to a browser")
     parser.add_argument("--port", type=int, default=8566, help="port for --serve-web")
+    parser.add_argument(
+        "--web-host", default="127.0.0.1", help="address for --serve-web (default loopback)"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
@@ -75,7 +78,7 @@ def _open_panel(args: argparse.Namespace) -> int:
     if args.serve_web:
         from tui.web import serve_web
 
-        return serve_web(port=args.port, profile=args.profile)
+        return serve_web(port=args.port, profile=args.profile, host=args.web_host)
     from tui.app import make_app
 
     app = make_app(profile=args.profile)

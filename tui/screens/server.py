@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import shlex
+import subprocess
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 
 from backend.config import ServeProfile
 from backend.supervisor import Phase
 from tui.messages import ServerLogLines, ServerStatusPolled
-from tui.widgets.log_view import ServerLogView
+from tui.widgets.log_view import LogDoctor, ServerLogView
 from tui.widgets.status_bar import ServerStatusBar
 
 WIDE_LAYOUT_MIN_COLUMNS = 120
@@ -32,6 +36,10 @@ class ServerScreen(Screen[None]):
                 tooltip="Switch speculative decoding (MTP) on or off and restart"),
         Binding("p", "app.pick_profile", "Profile", id="pick_profile",
                 tooltip="Choose the serve profile to start"),
+        Binding("slash", "search_log", "Find", id="search_log",
+                tooltip="Search the server log (Enter: next match, Esc: close)"),
+        Binding("o", "open_log_in_pager", "Pager", id="open_log_in_pager",
+                tooltip="Open the whole server log in $PAGER"),
     ]  # fmt: skip
 
     def compose(self) -> ComposeResult:
@@ -42,6 +50,8 @@ class ServerScreen(Screen[None]):
             TabbedContent(id="tabs", initial="tab-log"),
             TabPane("Log", id="tab-log"),
         ):
+            yield LogDoctor(id="log-doctor")
+            yield Input(placeholder="find in log…", id="log-search")
             yield ServerLogView(id="log-view")
         yield Footer()
 
@@ -66,7 +76,40 @@ class ServerScreen(Screen[None]):
 
     @on(ServerLogLines)
     def show_log(self, message: ServerLogLines) -> None:
-        self.query_one(ServerLogView).add_lines(message.lines, reset=message.reset)
+        log_view = self.query_one(ServerLogView)
+        log_view.add_lines(message.lines, reset=message.reset)
+        self.query_one(LogDoctor).examine(list(log_view.kept)[-600:])
+
+    def action_search_log(self) -> None:
+        search = self.query_one("#log-search", Input)
+        search.add_class("shown")
+        search.focus()
+
+    @on(Input.Submitted, "#log-search")
+    def find_in_log(self, event: Input.Submitted) -> None:
+        found = self.query_one(ServerLogView).find_next(event.value)
+        if found is None:
+            self.notify(f"{event.value!r} is not in the log", severity="warning")
+        else:
+            self.notify(f"match {found[0]} of {found[1]}", timeout=2)
+
+    def key_escape(self) -> None:
+        search = self.query_one("#log-search", Input)
+        if search.has_class("shown"):
+            search.remove_class("shown")
+            log_view = self.query_one(ServerLogView)
+            log_view.auto_scroll = True
+            log_view.scroll_end(animate=False)
+            log_view.focus()
+
+    def action_open_log_in_pager(self) -> None:
+        record = self.app.supervisor.load_record()  # type: ignore[attr-defined]
+        if record is None:
+            self.notify("No server log yet", severity="warning")
+            return
+        pager = shlex.split(os.environ.get("PAGER") or "less -R")
+        with self.app.suspend():
+            subprocess.call([*pager, record.log_path])
 
     def _show_profile(self, selected: tuple[str, ServeProfile] | None) -> None:
         bar = self.query_one(ServerStatusBar)

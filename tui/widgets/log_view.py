@@ -1,11 +1,13 @@
-"""The live tail of the server log, with levels picked out."""
+"""The live tail of the server log: levels picked out, searchable, doctor pinned above."""
 
 from __future__ import annotations
 
-from rich.text import Text
-from textual.widgets import RichLog
+from collections import deque
 
-from backend.vllm_log import level_of
+from rich.text import Text
+from textual.widgets import RichLog, Static
+
+from backend.vllm_log import Diagnosis, diagnose, level_of
 
 LEVEL_STYLE = {
     "ERROR": "bold red",
@@ -16,17 +18,57 @@ LEVEL_STYLE = {
 
 
 class ServerLogView(RichLog):
-    """Appends cleaned log lines; keeps the last few thousand."""
+    """Appends cleaned log lines; keeps the last few thousand for display and search."""
 
     def __init__(self, *, max_lines: int = 3000, id: str | None = None) -> None:
         super().__init__(max_lines=max_lines, wrap=False, markup=False, highlight=False, id=id)
         self.border_title = "server log"
+        self.kept: deque[str] = deque(maxlen=max_lines)
+        self._search_from = 0
 
     def add_lines(self, lines: list[str], reset: bool = False) -> None:
         if reset:
             self.clear()
+            self.kept.clear()
+            self._search_from = 0
         for line in lines:
+            self.kept.append(line)
             style = LEVEL_STYLE.get(level_of(line) or "", "")
             if line.startswith("# qtui:"):
                 style = "bold"
             self.write(Text(line, style=style))
+
+    def find_next(self, needle: str) -> tuple[int, int] | None:
+        """Scroll to the next line containing `needle` (case-insensitive).
+
+        Returns (match number, total matches), or None when nothing matches.
+        """
+        needle = needle.lower()
+        hits = [index for index, line in enumerate(self.kept) if needle in line.lower()]
+        if not needle or not hits:
+            return None
+        following = [index for index in hits if index >= self._search_from]
+        target = following[0] if following else hits[0]
+        self._search_from = target + 1
+        # The view holds the same lines as `kept`, minus any it already dropped.
+        offset = max(0, len(self.lines) - len(self.kept))
+        self.auto_scroll = False
+        self.scroll_to(y=target + offset, animate=False)
+        return hits.index(target) + 1, len(hits)
+
+
+class LogDoctor(Static):
+    """One pinned line explaining the known fatal pattern in the log, with its fix."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.diagnosis: Diagnosis | None = None
+
+    def examine(self, lines: list[str]) -> None:
+        found = diagnose(lines)
+        if found == self.diagnosis:
+            return
+        self.diagnosis = found
+        self.set_class(found is not None, "shown")
+        self.update(f"⚠ {found.advice}" if found else "")
+        self.tooltip = found.line if found else None
