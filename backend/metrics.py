@@ -272,14 +272,18 @@ class MetricsScraper:
     def scrape(self) -> TelemetrySnapshot:
         """GET /metrics and return the windowed figures (stale if the GET failed)."""
         try:
+            sent = time.monotonic()
             response = self._client.get(f"{self.url}/metrics")
+            received = time.monotonic()
             response.raise_for_status()
             text = response.text
         except httpx.HTTPError as error:
             return self._mark_stale(f"cannot reach {self.url}/metrics: {_short(error)}")
         except Exception as error:  # e.g. undecodable body: stay alive, say why
             return self._mark_stale(f"bad answer from {self.url}/metrics: {_short(error)}")
-        return self.ingest(text)
+        # The server wrote the page somewhere inside the request: the midpoint is the
+        # best guess, and keeps a slow answer under load from skewing the window.
+        return self.ingest(text, at=(sent + received) / 2)
 
     def ingest(self, text: str, at: float | None = None) -> TelemetrySnapshot:
         """Take one page of /metrics text (scrape() calls this; tests feed it directly)."""
