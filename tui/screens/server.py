@@ -16,6 +16,7 @@ from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 from backend.config import ServeProfile
 from backend.supervisor import Phase
 from tui.messages import ServerLogLines, ServerStatusPolled
+from tui.widgets.chat import ChatPane
 from tui.widgets.log_view import LogDoctor, ServerLogView
 from tui.widgets.status_bar import ServerStatusBar
 
@@ -24,6 +25,8 @@ WIDE_LAYOUT_MIN_COLUMNS = 120
 
 class ServerScreen(Screen[None]):
     """Profile, phase, URL, spec, KV dtype, live log; start/stop/restart/toggle keys."""
+
+    AUTO_FOCUS = "#log-view"
 
     BINDINGS = [
         Binding("s", "app.start_server", "Start", id="start_server",
@@ -36,31 +39,43 @@ class ServerScreen(Screen[None]):
                 tooltip="Switch speculative decoding (MTP) on or off and restart"),
         Binding("p", "app.pick_profile", "Profile", id="pick_profile",
                 tooltip="Choose the serve profile to start"),
-        Binding("slash", "search_log", "Find", id="search_log",
+        Binding("l", "show_tab('tab-log')", "Log", id="show_log",
+                tooltip="Show the server log", show=False),
+        Binding("c", "show_tab('tab-chat')", "Chat", id="show_chat",
+                tooltip="Chat with the running server (Esc leaves the input)"),
+        Binding("slash", "search_log", "Find", id="search_log", show=False,
                 tooltip="Search the server log (Enter: next match, Esc: close)"),
-        Binding("o", "open_log_in_pager", "Pager", id="open_log_in_pager",
+        Binding("o", "open_log_in_pager", "Pager", id="open_log_in_pager", show=False,
                 tooltip="Open the whole server log in $PAGER"),
     ]  # fmt: skip
 
     def compose(self) -> ComposeResult:
         yield ServerStatusBar(id="status-bar")
         yield Static(id="status-reason")
-        with (
-            Horizontal(id="main-area"),
-            TabbedContent(id="tabs", initial="tab-log"),
-            TabPane("Log", id="tab-log"),
-        ):
-            yield LogDoctor(id="log-doctor")
-            yield Input(placeholder="find in log…", id="log-search")
-            yield ServerLogView(id="log-view")
+        with Horizontal(id="main-area"), TabbedContent(id="tabs", initial="tab-log"):
+            with TabPane("Log", id="tab-log"):
+                yield LogDoctor(id="log-doctor")
+                yield Input(placeholder="find in log…", id="log-search")
+                yield ServerLogView(id="log-view")
+            with TabPane("Chat", id="tab-chat"):
+                yield ChatPane(id="chat")
         yield Footer()
 
     def on_mount(self) -> None:
         self._apply_width(self.size.width)
         self.watch(self.app, "selected_profile", self._show_profile, init=True)
+        # The chat pane focuses its input when it mounts; the Log tab is what shows first.
+        self.call_after_refresh(self.query_one(ServerLogView).focus)
 
     def on_resize(self) -> None:
         self._apply_width(self.size.width)
+
+    @on(TabbedContent.TabActivated)
+    def focus_tab_content(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "tab-chat":
+            self.query_one("#chat-input", Input).focus()
+        elif event.pane.id == "tab-log":
+            self.query_one(ServerLogView).focus()
 
     def _apply_width(self, columns: int) -> None:
         self.set_class(columns >= WIDE_LAYOUT_MIN_COLUMNS, "-wide")
@@ -80,7 +95,11 @@ class ServerScreen(Screen[None]):
         log_view.add_lines(message.lines, reset=message.reset)
         self.query_one(LogDoctor).examine(list(log_view.kept)[-600:])
 
+    def action_show_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
     def action_search_log(self) -> None:
+        self.action_show_tab("tab-log")
         search = self.query_one("#log-search", Input)
         search.add_class("shown")
         search.focus()

