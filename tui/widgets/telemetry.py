@@ -1,0 +1,186 @@
+"""The telemetry panel: GPU memory, tok/s, draft acceptance, KV use, latency, warnings.
+
+It only renders: the App's workers poll (GpuSampler, MetricsScraper) and hand
+each result to `update_snapshot` / `update_gpu`. Updating changes a few Statics
+and two Sparklines, so a 1 Hz refresh never makes typing lag. Sized for a side
+column of about 38 x 20 cells. Colours come from theme variables only.
+"""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.markup import escape
+from textual.widgets import Digits, Sparkline, Static
+
+from backend.gpu import GpuSample, no_gpu_text
+from backend.metrics import TelemetrySnapshot
+
+GIB = 1 << 30
+MAX_GPU_ROWS = 4
+MAX_POSITION_ROWS = 3
+BAR_CELLS = 12
+
+
+def level_colour(fraction: float) -> str:
+    """$success below 80 %, $warning below 95 %, $error above: for memory and KV bars."""
+    if fraction >= 0.95:
+        return "$error"
+    if fraction >= 0.80:
+        return "$warning"
+    return "$success"
+
+
+def bar(fraction: float, colour: str, cells: int = BAR_CELLS) -> str:
+    """A text bar in Content markup: filled cells in `colour`, the rest muted."""
+    fraction = min(1.0, max(0.0, fraction))
+    filled = round(fraction * cells)
+    return f"[{colour}]{'█' * filled}[/][$text-muted]{'░' * (cells - filled)}[/]"
+
+
+def _percent(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.0f} ms"
+
+
+def gpu_lines(sample: GpuSample | None, muted: bool = False) -> str:
+    """One bar per GPU (memory), or the reason there is none."""
+    if sample is None:
+        return "[$text-muted]GPU: waiting for the first sample[/]"
+    if not sample.has_gpu:
+        return f"[$text-muted]{escape(no_gpu_text(sample.no_gpu_reason or 'NVML unavailable'))}[/]"
+    lines = []
+    for reading in sample.gpus[:MAX_GPU_ROWS]:
+        colour = "$text-muted" if muted else level_colour(reading.memory_fraction)
+        lines.append(
+            f"{reading.index} {bar(reading.memory_fraction, colour, 10)} "
+            f"{reading.memory_used / GIB:.0f}/{reading.memory_total / GIB:.0f}G"
+            + (f" {reading.utilization:.0f}%" if reading.utilization is not None else "")
+        )
+    if len(sample.gpus) > MAX_GPU_ROWS:
+        lines.append(f"[$text-muted]+{len(sample.gpus) - MAX_GPU_ROWS} more GPUs[/]")
+    return "\n".join(lines)
+
+
+def spec_lines(snap: TelemetrySnapshot, muted: bool = False) -> str:
+    """Acceptance rate, mean length, and one bar per draft position."""
+    length = "-" if snap.mean_acceptance_length is None else f"{snap.mean_acceptance_length:.2f}"
+    lines = [f"accept [b]{_percent(snap.acceptance_rate, 1)}[/]  len [b]{length}[/]"]
+    positions = snap.per_position_acceptance
+    for position, rate in enumerate(positions[:MAX_POSITION_ROWS]):
+        colour = "$text-muted" if muted else "$accent"
+        lines.append(f" pos{position + 1} {bar(rate, colour)} {_percent(rate)}")
+    if len(positions) > MAX_POSITION_ROWS:
+        lines.append(f"[$text-muted] +{len(positions) - MAX_POSITION_ROWS} positions[/]")
+    return "\n".join(lines)
+
+
+def load_lines(snap: TelemetrySnapshot, muted: bool = False) -> str:
+    """KV-cache bar, queue, prefix hits, TTFT/ITL."""
+    kv = snap.kv_cache_usage
+    colour = "$text-muted" if muted or kv is None else level_colour(kv)
+    run = "-" if snap.running is None else str(snap.running)
+    wait = "-" if snap.waiting is None else str(snap.waiting)
+    return "\n".join(
+        (
+            f"KV {bar(kv or 0.0, colour)} {_percent(kv, 1)}",
+            f"run {run}  wait {wait}  prefix {_percent(snap.prefix_cache_hit_rate)}",
+            f"TTFT {_ms(snap.ttft_mean_s)}  ITL {_ms(snap.itl_mean_s)}",
+        )
+    )
+
+
+class TelemetryPanel(Vertical):
+    """Live figures of one server. Feed it with `update_snapshot` and `update_gpu`."""
+
+    DEFAULT_CSS = """
+    TelemetryPanel {
+        width: 38;
+        height: auto;
+        max-height: 20;
+        padding: 0 1;
+    }
+    TelemetryPanel Static { width: 1fr; height: auto; }
+    TelemetryPanel #telemetry-tps-row { height: 3; }
+    TelemetryPanel #telemetry-tps { width: auto; max-width: 22; color: $success; }
+    TelemetryPanel #telemetry-tps-label { width: 1fr; padding-left: 1; color: $text-muted; }
+    TelemetryPanel Sparkline { height: 2; margin-bottom: 0; }
+    TelemetryPanel #telemetry-accept-spark { height: 1; }
+    TelemetryPanel Sparkline > .sparkline--max-color { color: $success; }
+    TelemetryPanel Sparkline > .sparkline--min-color { color: $success 30%; }
+    TelemetryPanel #telemetry-warnings { color: $warning; max-height: 4; }
+    TelemetryPanel.-no-spec #telemetry-spec, TelemetryPanel.-no-spec #telemetry-accept-spark {
+        display: none;
+    }
+    TelemetryPanel.-stale, TelemetryPanel.-stale #telemetry-tps { color: $text-muted; }
+    TelemetryPanel.-stale Sparkline > .sparkline--max-color { color: $text-muted; }
+    TelemetryPanel.-stale Sparkline > .sparkline--min-color { color: $text-muted 50%; }
+    TelemetryPanel.-stale #telemetry-warnings { color: $error; }
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.snapshot: TelemetrySnapshot | None = None
+        """The figures on screen (the last one given)."""
+        self.gpu_sample: GpuSample | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(gpu_lines(None), id="telemetry-gpu")
+        with Horizontal(id="telemetry-tps-row"):
+            yield Digits("-", id="telemetry-tps")
+            yield Static("tok/s\nprompt -\nwindow -", id="telemetry-tps-label")
+        yield Sparkline([], id="telemetry-tps-spark")
+        yield Static("", id="telemetry-spec")
+        yield Sparkline([], id="telemetry-accept-spark")
+        yield Static("", id="telemetry-load")
+        yield Static("[$text-muted]waiting for /metrics[/]", id="telemetry-warnings")
+
+    def on_mount(self) -> None:
+        self.add_class("-no-spec")
+
+    def update_gpu(self, sample: GpuSample | None) -> None:
+        """Show a GPU sample (the App's GPU worker calls this)."""
+        self.gpu_sample = sample
+        stale = self.snapshot.stale if self.snapshot else False
+        self.query_one("#telemetry-gpu", Static).update(gpu_lines(sample, muted=stale))
+
+    def update_snapshot(
+        self, snapshot: TelemetrySnapshot | None, gpu_sample: GpuSample | None = None
+    ) -> None:
+        """Show the scraper's figures (and a GPU sample, when given)."""
+        self.snapshot = snapshot
+        if gpu_sample is not None or self.gpu_sample is not None:
+            self.update_gpu(gpu_sample if gpu_sample is not None else self.gpu_sample)
+        warnings = self.query_one("#telemetry-warnings", Static)
+        if snapshot is None:
+            self.set_class(False, "-stale")
+            warnings.update("[$text-muted]no server[/]")
+            warnings.display = True
+            return
+        stale = snapshot.stale
+        self.set_class(stale, "-stale")
+        self.set_class(not snapshot.spec_decode, "-no-spec")
+        tps = snapshot.generation_tps
+        self.query_one("#telemetry-tps", Digits).update("-" if tps is None else f"{tps:.1f}")
+        prompt = "-" if snapshot.prompt_tps is None else f"{snapshot.prompt_tps:.0f}"
+        window = "-" if snapshot.window_s is None else f"{snapshot.window_s:.0f}s"
+        self.query_one("#telemetry-tps-label", Static).update(
+            f"tok/s\nprompt {prompt}\nwindow {window}"
+        )
+        self.query_one("#telemetry-tps-spark", Sparkline).data = list(
+            snapshot.generation_tps_history
+        )
+        self.query_one("#telemetry-spec", Static).update(spec_lines(snapshot, muted=stale))
+        self.query_one("#telemetry-accept-spark", Sparkline).data = list(
+            snapshot.acceptance_history
+        )
+        self.query_one("#telemetry-load", Static).update(load_lines(snapshot, muted=stale))
+        notes = [f"stale: {snapshot.error}"] if stale and snapshot.error else []
+        notes.extend(snapshot.warnings)
+        warnings.update("\n".join(f"⚠ {escape(note)}" for note in notes))
+        # Four rows at most in the column; the whole text is in the tooltip.
+        warnings.tooltip = "\n\n".join(notes) or None
+        warnings.display = bool(notes)
