@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
@@ -29,11 +29,14 @@ from backend.config import (
     save_user_config,
 )
 from backend.engine import EngineError, resolve_engine
+from backend.mtp_doctor import Report, Verdict, diagnose_checkpoint
+from backend.mtp_patch import PatchError, patch_checkpoint
 from backend.serve_args import LaunchRefused
 from backend.supervisor import ServerSupervisor, SupervisorError
 from backend.vllm_log import clean_line, tail_lines
 from themes import QTUI_THEMES, TCSS_PATH, THEME_NAMES
 from tui.messages import ServerLogLines, ServerStatusPolled
+from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen, binding_rows
 from tui.screens.profile_picker import ProfilePicker
 from tui.screens.server import ServerScreen
@@ -48,6 +51,8 @@ class QtuiApp(App[int]):
 
     selected_profile: reactive[tuple[str, ServeProfile] | None] = reactive(None, init=False)
     """(name, profile) that `s` starts; screens watch it."""
+    mtp_report: reactive[Report | None] = reactive(None, init=False)
+    """The MTP doctor's verdict on the selected profile's checkpoint (None: not local)."""
     CSS_PATH = TCSS_PATH
     BINDINGS = [
         Binding("q", "quit", "Quit", id="quit", tooltip="Leave qtui (the server keeps running)"),
@@ -105,6 +110,7 @@ class QtuiApp(App[int]):
             self.set_keymap(self.settings.keymap)
         self.poll_status()
         self.tail_log()
+        self.check_mtp()
 
     def on_unmount(self) -> None:
         self._stop_polling.set()
@@ -178,11 +184,60 @@ class QtuiApp(App[int]):
             return None
         return self.profile_name, self.profile
 
+    # -- the MTP doctor, before anything starts with MTP -------------------------
+    def watch_selected_profile(self) -> None:
+        self.check_mtp()
+
+    @work(thread=True, exclusive=True, group="mtp-doctor", exit_on_error=False,
+          description="MTP doctor")  # fmt: skip
+    def check_mtp(self) -> None:
+        selected = self.selected_profile
+        report = None
+        if selected is not None and Path(selected[1].model).expanduser().is_dir():
+            report = diagnose_checkpoint(Path(selected[1].model).expanduser())
+        self.call_from_thread(setattr, self, "mtp_report", report)
+
+    def _with_mtp_checked(self, profile: ServeProfile, proceed: Callable[[], None]) -> None:
+        """Run `proceed` if `profile` can run MTP; offer the patch when it is fixable."""
+        model = Path(profile.model).expanduser()
+        if profile.speculative.method != "mtp" or not model.is_dir():
+            proceed()
+            return
+        report = diagnose_checkpoint(model)
+        self.mtp_report = report
+        if report.verdict == Verdict.READY:
+            proceed()
+        elif report.verdict == Verdict.IMPOSSIBLE:
+            self.notify(f"MTP unavailable: {report.reason}", severity="error", timeout=12)
+        else:
+
+            def answered(patch: bool | None) -> None:
+                if patch:
+                    self._patch_then(model, proceed)
+
+            question = (
+                f"MTP would not work: {report.reason}.\n\nPatch {model.name} now? "
+                "Every changed file is backed up first."
+            )
+            self.push_screen(ConfirmScreen(question, yes="Patch"), answered)
+
+    @work(thread=True, group=CONTROL_GROUP, exit_on_error=False, description="MTP patch")
+    def _patch_then(self, model: Path, proceed: Callable[[], None]) -> str:
+        result = patch_checkpoint(model)
+        self.call_from_thread(self.check_mtp)
+        self.call_from_thread(proceed)
+        backup = f"; backup in {result.backup_dir}" if result.backup_dir else ""
+        return f"Patched {model.name}: {'; '.join(result.actions) or 'nothing to change'}{backup}"
+
     def action_start_server(self) -> None:
         chosen = self._require_profile()
         if chosen is not None:
-            self.notify(f"Starting {chosen[0]}…")
-            self._run_control("start", chosen)
+
+            def start() -> None:
+                self.notify(f"Starting {chosen[0]}…")
+                self._run_control("start", chosen)
+
+            self._with_mtp_checked(chosen[1], start)
 
     def action_stop_server(self) -> None:
         self.notify("Stopping the server…")
@@ -200,18 +255,27 @@ class QtuiApp(App[int]):
         if status.phase.is_up and status.record is not None:
             profile = status.record.serve_profile
             toggled = profile.model_copy(update={"speculative": profile.speculative.toggled()})
-            self.selected_profile = (status.record.profile_name, toggled)
-            self.notify(f"Speculative decoding → {toggled.speculative.method}; restarting…")
-            self._run_control("restart", (status.record.profile_name, toggled))
+            name = status.record.profile_name
+
+            def restart() -> None:
+                self.selected_profile = (name, toggled)
+                self.notify(f"Speculative decoding → {toggled.speculative.method}; restarting…")
+                self._run_control("restart", (name, toggled))
+
+            self._with_mtp_checked(toggled, restart)
             return
         chosen = self._require_profile()
         if chosen is None:
             return
         name, profile = chosen
         toggled = profile.model_copy(update={"speculative": profile.speculative.toggled()})
-        self.selected_profile = (name, toggled)
-        self._remember_profile(name, toggled)
-        self.notify(f"Speculative decoding {toggled.speculative.method} for the next start (s)")
+
+        def remember() -> None:
+            self.selected_profile = (name, toggled)
+            self._remember_profile(name, toggled)
+            self.notify(f"Speculative decoding {toggled.speculative.method} for the next start (s)")
+
+        self._with_mtp_checked(toggled, remember)
 
     def _remember_profile(self, name: str, profile: ServeProfile) -> None:
         """Keep a user profile's change in the config file (built-ins stay as shipped)."""
@@ -256,7 +320,7 @@ class QtuiApp(App[int]):
             self.notify(worker.result)
         elif event.state == WorkerState.ERROR:
             error = worker.error
-            known = (SupervisorError, LaunchRefused, EngineError, ConfigError)
+            known = (SupervisorError, LaunchRefused, EngineError, ConfigError, PatchError)
             message = str(error) if isinstance(error, known) else f"{type(error).__name__}: {error}"
             self.notify(message, severity="error", timeout=12)
 

@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 
 from backend.config import ServeProfile
+from backend.mtp_doctor import Report, Verdict
 from backend.supervisor import Phase
 from tui.messages import ServerLogLines, ServerStatusPolled
 from tui.widgets.chat import ChatPane
@@ -64,6 +65,7 @@ class ServerScreen(Screen[None]):
     def on_mount(self) -> None:
         self._apply_width(self.size.width)
         self.watch(self.app, "selected_profile", self._show_profile, init=True)
+        self.watch(self.app, "mtp_report", self._show_mtp_report, init=True)
         # The chat pane focuses its input when it mounts; the Log tab is what shows first.
         self.call_after_refresh(self.query_one(ServerLogView).focus)
 
@@ -130,6 +132,21 @@ class ServerScreen(Screen[None]):
         with self.app.suspend():
             subprocess.call([*pager, record.log_path])
 
+    def _show_mtp_report(self, report: Report | None) -> None:
+        bar = self.query_one(ServerStatusBar)
+        profile = bar.profile
+        uses_mtp = profile is not None and "mtp" in (
+            profile.speculative.method,
+            profile.speculative.toggle_method,
+        )
+        if report is None or not uses_mtp or report.verdict == Verdict.READY:
+            bar.mtp_note = ""
+        elif report.verdict == Verdict.FIXABLE:
+            bar.mtp_note = "MTP needs a patch (m offers it)"
+        else:
+            bar.mtp_note = f"MTP unavailable: {report.reason}"
+
     def _show_profile(self, selected: tuple[str, ServeProfile] | None) -> None:
         bar = self.query_one(ServerStatusBar)
         bar.profile_name, bar.profile = selected if selected else ("", None)
+        self._show_mtp_report(getattr(self.app, "mtp_report", None))

@@ -52,6 +52,8 @@ class ServerStatusBar(Static):
     profile_name: reactive[str] = reactive("")
     """The profile shown when no server runs (the one `s` would start)."""
     profile: reactive[ServeProfile | None] = reactive(None)
+    mtp_note: reactive[str] = reactive("")
+    """Why MTP cannot be switched on, or that it needs a patch; empty when fine."""
 
     def render(self) -> Content:
         status = self.status
@@ -77,6 +79,8 @@ class ServerStatusBar(Static):
                 f"   [$foreground-muted]kv[/] {escape(profile.kv_cache_dtype)}"
                 f"   [$foreground-muted]model[/] {escape(profile.model)}"
             )
+            if self.mtp_note:
+                line2 += f"   [$warning]{escape(self.mtp_note)}[/]"
         else:
             line2 = "[i]no serve profile: run `qtui init` or pass --profile[/]"
         return Content.from_markup(line1 + "\n" + line2)
