@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "tui.commands.quantize",
     "tui.commands.serve",
     "tui.commands.setup",
+    "tui.commands.top",
 )
 
 

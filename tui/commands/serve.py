@@ -170,7 +170,22 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def status_json(status: ServerStatus) -> dict[str, Any]:
-    return status.to_json()
+    """The status, plus `telemetry`: windowed figures from two scrapes ~1 s apart (or null).
+
+    Null unless the server is ready; `telemetry.startup` is the log's startup readout.
+    """
+    from backend.telemetry_checks import scraper_for, startup_readout
+
+    data = status.to_json()
+    data["telemetry"] = None
+    if status.phase is Phase.READY and status.record is not None:
+        with scraper_for(status.record) as scraper:
+            scraper.scrape()
+            time.sleep(1.0)
+            telemetry = scraper.scrape().to_json()
+        telemetry["startup"] = startup_readout(Path(status.record.log_path)).to_json()
+        data["telemetry"] = telemetry
+    return data
 
 
 def cmd_status(args: argparse.Namespace) -> int:
