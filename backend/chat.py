@@ -346,8 +346,9 @@ class ReplyAccumulator:
     clock: Callable[[], float] = time.monotonic
     """Where times come from (a fixed clock makes snapshots deterministic)."""
     started: float = field(default_factory=time.monotonic)
-    text: str = ""
-    reasoning: str = ""
+    text_parts: list[str] = field(default_factory=list)
+    reasoning_parts: list[str] = field(default_factory=list)
+    """Pieces, joined on demand: `+=` on a growing str is quadratic at 2,000 tok/s."""
     tool_calls: dict[int, ToolCall] = field(default_factory=dict)
     finish_reason: str | None = None
     usage: Usage | None = None
@@ -357,6 +358,18 @@ class ReplyAccumulator:
     spec: SpecAcceptance | None = None
     """Set by ChatClient.stream_reply once the reply is over."""
 
+    @property
+    def text(self) -> str:
+        if len(self.text_parts) > 1:
+            self.text_parts[:] = ["".join(self.text_parts)]
+        return self.text_parts[0] if self.text_parts else ""
+
+    @property
+    def reasoning(self) -> str:
+        if len(self.reasoning_parts) > 1:
+            self.reasoning_parts[:] = ["".join(self.reasoning_parts)]
+        return self.reasoning_parts[0] if self.reasoning_parts else ""
+
     def add(self, event: ChatEvent, now: float | None = None) -> None:
         now = self.clock() if now is None else now
         if isinstance(event, (ContentDelta, ReasoningDelta, ToolCallDelta)):
@@ -364,9 +377,9 @@ class ReplyAccumulator:
                 self.first_token_at = now
             self.last_token_at = now
         if isinstance(event, ContentDelta):
-            self.text += event.text
+            self.text_parts.append(event.text)
         elif isinstance(event, ReasoningDelta):
-            self.reasoning += event.text
+            self.reasoning_parts.append(event.text)
         elif isinstance(event, ToolCallDelta):
             call = self.tool_calls.setdefault(event.index, ToolCall(event.index))
             call.id = event.id or call.id

@@ -203,7 +203,10 @@ class Conversation:
 
 
 class ReplyWriter:
-    """Streams one assistant reply into the transcript in batches."""
+    """Streams one assistant reply into the transcript in batches.
+
+    `message` holds what has been flushed so far (all of it after `finish`).
+    """
 
     def __init__(
         self,
@@ -224,12 +227,10 @@ class ReplyWriter:
         self.flushes = 0
 
     def add_content(self, text: str) -> None:
-        self.message.content += text
         self._content.append(text)
         self._queued(len(text))
 
     def add_reasoning(self, text: str) -> None:
-        self.message.reasoning += text
         self._reasoning.append(text)
         self._queued(len(text))
 
@@ -245,10 +246,13 @@ class ReplyWriter:
         if not self._pending_chars:
             return
         record: dict[str, Any] = {"t": "delta"}
+        # The message grows once per batch, not per token (str += is quadratic).
         if self._content:
             record["content"] = "".join(self._content)
+            self.message.content += record["content"]
         if self._reasoning:
             record["reasoning"] = "".join(self._reasoning)
+            self.message.reasoning += record["reasoning"]
         self._content.clear()
         self._reasoning.clear()
         self._pending_chars = 0

@@ -88,10 +88,15 @@ class ToolCallBlock(Static):
 class ReplyTurn(Vertical):
     """One assistant reply: reasoning (collapsible), tool calls, text, stats line."""
 
+    FRAME_S = 1 / 30
+    """How often streamed text reaches the Markdown widgets (one append per frame)."""
+
     def __init__(self) -> None:
         super().__init__(classes="reply-turn")
         self._body_stream: MarkdownStream | None = None
         self._reasoning_stream: MarkdownStream | None = None
+        self._pending_body: list[str] = []
+        self._pending_reasoning: list[str] = []
         self._tool_blocks: dict[int, ToolCallBlock] = {}
 
     def compose(self) -> ComposeResult:
@@ -103,19 +108,36 @@ class ReplyTurn(Vertical):
 
     def on_mount(self) -> None:
         self.query_one(".reasoning", Collapsible).display = False
+        self._drain_timer = self.set_interval(self.FRAME_S, self._drain, pause=True)
 
-    async def append_content(self, text: str) -> None:
-        if self._body_stream is None:
-            self._body_stream = Markdown.get_stream(self.query_one(".reply-text", Markdown))
-        await self._body_stream.write(text)
+    def add_content(self, text: str) -> None:
+        """Queue reply text; it is drawn on the next frame. Never waits on the UI."""
+        self._pending_body.append(text)
+        self._drain_timer.resume()
 
-    async def append_reasoning(self, text: str) -> None:
-        if self._reasoning_stream is None:
-            self.query_one(".reasoning", Collapsible).display = True
-            self._reasoning_stream = Markdown.get_stream(
-                self.query_one(".reasoning-text", Markdown)
-            )
-        await self._reasoning_stream.write(text)
+    def add_reasoning(self, text: str) -> None:
+        self._pending_reasoning.append(text)
+        self._drain_timer.resume()
+
+    async def _drain(self) -> None:
+        """Hand what arrived since the last frame to the Markdown streams, in one piece each."""
+        if self._pending_reasoning:
+            if self._reasoning_stream is None:
+                self.query_one(".reasoning", Collapsible).display = True
+                self._reasoning_stream = Markdown.get_stream(
+                    self.query_one(".reasoning-text", Markdown)
+                )
+            text = "".join(self._pending_reasoning)
+            self._pending_reasoning.clear()
+            await self._reasoning_stream.write(text)
+        if self._pending_body:
+            if self._body_stream is None:
+                self._body_stream = Markdown.get_stream(self.query_one(".reply-text", Markdown))
+            text = "".join(self._pending_body)
+            self._pending_body.clear()
+            await self._body_stream.write(text)
+        if not self._pending_body and not self._pending_reasoning:
+            self._drain_timer.pause()
 
     async def show_tool_call(self, index: int, call: dict[str, Any]) -> None:
         block = self._tool_blocks.get(index)
@@ -126,6 +148,9 @@ class ReplyTurn(Vertical):
 
     async def finish(self, message: TranscriptMessage) -> None:
         """Stop the streams, render the whole reply once, collapse reasoning, show stats."""
+        self._drain_timer.stop()
+        self._pending_body.clear()
+        self._pending_reasoning.clear()
         for stream in (self._body_stream, self._reasoning_stream):
             if stream is not None:
                 await stream.stop()
@@ -429,10 +454,10 @@ class ChatPane(Vertical):
                 async for event in client.stream_reply(messages, options, reply):
                     if isinstance(event, ContentDelta):
                         writer.add_content(event.text)
-                        await turn.append_content(event.text)
+                        turn.add_content(event.text)
                     elif isinstance(event, ReasoningDelta):
                         writer.add_reasoning(event.text)
-                        await turn.append_reasoning(event.text)
+                        turn.add_reasoning(event.text)
                     elif isinstance(event, ToolCallDelta):
                         call = reply.tool_calls[event.index]
                         await turn.show_tool_call(event.index, vars(call))

@@ -1,0 +1,201 @@
+"""The ChatPane in a small host App at 80x24: keys in, streamed reply out, Esc stops it."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from textual.app import App, ComposeResult
+from textual.pilot import Pilot
+from textual.widgets import Input, Markdown, Static
+from textual.worker import WorkerState
+
+from backend.config import cpu_profile
+from backend.engine import Engine
+from backend.supervisor import ServerSupervisor
+from backend.transcripts import Conversation
+from tests.chat_sse_source import SSESource, scripted_reply
+from tests.conftest import RunningServer, free_port
+from tui.widgets.chat import ChatPane, ReplyTurn
+
+SIZE = (80, 24)
+
+
+class Host(App[None]):
+    def __init__(self, pane: ChatPane) -> None:
+        super().__init__()
+        self.pane = pane
+        self.finished: list[ChatPane.ReplyFinished] = []
+
+    def compose(self) -> ComposeResult:
+        yield self.pane
+
+    def on_chat_pane_reply_finished(self, message: ChatPane.ReplyFinished) -> None:
+        self.finished.append(message)
+
+
+async def until(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float = 60) -> None:
+    """Let the app run until `condition` holds (a condition, not a fixed sleep)."""
+    for _ in range(int(timeout / 0.02)):
+        if condition():
+            return
+        await pilot.pause(0.02)
+    raise AssertionError(f"condition not reached in {timeout} s")
+
+
+def reply_text(app: App[Any]) -> str:
+    turns = list(app.query(ReplyTurn))
+    return turns[-1].query_one(".reply-text", Markdown).source if turns else ""
+
+
+def stats_text(app: App[Any]) -> str:
+    return str(list(app.query(ReplyTurn))[-1].query_one(".reply-stats", Static).render())
+
+
+async def test_send_by_keys_stream_then_stop_with_escape(vllm_server: RunningServer) -> None:
+    app = Host(ChatPane(vllm_server.url))
+    async with app.run_test(size=SIZE) as pilot:
+        pane = app.pane
+        await pilot.press(*"/max 400", "enter", *"/temp 0.9", "enter")
+        await pilot.press(*"Tell me a long story", "enter")
+        await until(pilot, lambda: len(reply_text(app)) > 0 or bool(app.finished))
+        assert not app.finished, f"the reply ended before Esc: {app.finished[0].message}"
+        # Typing stays live while the reply streams.
+        await pilot.press(*"next")
+        assert app.query_one(Input).value == "next"
+        await pilot.press("escape")
+        await pilot.app.workers.wait_for_complete()
+        await until(pilot, lambda: bool(app.finished))
+        assert not pane.streaming
+        stopped = app.finished[-1].message
+        assert stopped.status == "cancelled" and stopped.content
+        assert stats_text(app).startswith("■ stopped")
+        assert reply_text(app) == stopped.content
+        # Server still healthy; the next message (typed by keys) completes.
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{vllm_server.url}/health")).status_code == 200
+        app.query_one(Input).value = ""
+        await pilot.press(*"/max 6", "enter", *"again", "enter")
+        await until(pilot, lambda: len(app.finished) == 2)
+        done = app.finished[-1].message
+        assert done.status == "complete" and done.finish_reason == "length"
+        assert "tok/s" in stats_text(app) and "out 6" in stats_text(app)
+        assert pane.model == "tiny"
+    on_disk = Conversation.open(pane.conversation.id).messages
+    assert [m.status for m in on_disk if m.role == "assistant"] == ["cancelled", "complete"]
+    assert on_disk[1].content == stopped.content
+
+
+@pytest.mark.slow
+async def test_server_killed_mid_reply_keeps_the_partial_reply(
+    engine: Engine, tiny_model: Path, tmp_path: Path
+) -> None:
+    profile = cpu_profile(str(tiny_model), port=free_port())
+    supervisor = ServerSupervisor(engine, state_dir=tmp_path / "own-server")
+    status = supervisor.start("doomed", profile, timeout_s=300)
+    assert status.record is not None
+    try:
+        app = Host(ChatPane(status.record.url))
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press(*"/max 480", "enter", *"Keep talking", "enter")
+            await until(pilot, lambda: len(reply_text(app)) > 0)
+            os.killpg(status.record.pgid, signal.SIGKILL)
+            await until(pilot, lambda: bool(app.finished))
+            worker_states = [worker.state for worker in app.pane.workers]
+            assert WorkerState.ERROR not in worker_states, "no exception escaped the worker"
+            reply = app.finished[-1].message
+            assert reply.status == "interrupted" and reply.content
+            assert (
+                reply.error == f"the server at {status.record.url} closed the connection mid-reply"
+            )
+            assert stats_text(app).startswith(f"⚠ interrupted: {reply.error}")
+            assert reply_text(app) == reply.content
+        saved = Conversation.open(app.pane.conversation.id).messages[-1]
+        assert (saved.status, saved.error, saved.content) == (
+            "interrupted", reply.error, reply.content,
+        )  # fmt: skip
+    finally:
+        supervisor.stop()
+
+
+async def test_settings_commands_shape_the_request(tmp_path: Path) -> None:
+    image = tmp_path / "pixel.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n")
+    async with SSESource(scripted_reply("fine")) as source:
+        app = Host(ChatPane(source.url))
+        async with app.run_test(size=SIZE) as pilot:
+            for command in ("/temp 0.3", "/top_p 0.5", "/max 9", "/think off",
+                            "/system Be kind.", f"/image {image}"):  # fmt: skip
+                await pilot.press(*command, "enter")
+            settings_row = str(app.query_one("#chat-settings", Static).render())
+            assert "temp 0.3" in settings_row and "📎 pixel.png" in settings_row
+            await pilot.press(*"/temp 7", "enter")  # out of range: refused, kept
+            assert app.pane.settings.temperature == 0.3
+            await pilot.press(*"look", "enter")
+            await until(pilot, lambda: bool(app.finished))
+            await pilot.press("ctrl+y")
+            assert app.clipboard == "fine"
+    request = source.requests[0]
+    assert (request["temperature"], request["top_p"], request["max_tokens"]) == (0.3, 0.5, 9)
+    assert request["chat_template_kwargs"] == {"enable_thinking": False}
+    system, user = request["messages"]
+    assert system == {"role": "system", "content": "Be kind."}
+    assert user["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+async def test_new_conversation_and_reopen_from_history() -> None:
+    async with SSESource(scripted_reply("first answer")) as source:
+        app = Host(ChatPane(source.url))
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press(*"first question", "enter")
+            await until(pilot, lambda: bool(app.finished))
+            first_id = app.pane.conversation.id
+            await pilot.press("ctrl+n")
+            await until(pilot, lambda: not app.query(ReplyTurn))
+            assert app.pane.conversation.id != first_id
+            await pilot.press("ctrl+o")
+            await pilot.press("enter")  # the newest listed: the only one with messages
+            await until(pilot, lambda: len(app.query(ReplyTurn)) == 1)
+            assert app.pane.conversation.id == first_id
+            assert reply_text(app) == "first answer"
+
+
+def _fixed_clock() -> Callable[[], float]:
+    ticks = itertools.count()
+    return lambda: next(ticks) * 0.05
+
+
+class SnapshotHost(App[None]):
+    """A finished exchange from a fixed script, timed by a fixed clock."""
+
+    SCRIPT = scripted_reply(
+        "Here is the plan:\n\n- quantize with **AutoRound**\n- serve with `vllm`\n\nDone.",
+        reasoning="The user wants a plan. Keep it short.",
+    )
+
+    def compose(self) -> ComposeResult:
+        yield ChatPane(clock=_fixed_clock())
+
+    async def on_mount(self) -> None:
+        self.source = await SSESource(self.SCRIPT).start()
+        self.query_one(ChatPane).base_url = self.source.url
+        self.query_one(Input).cursor_blink = False
+
+    async def on_unmount(self) -> None:
+        await self.source.stop()
+
+
+def test_snapshot_finished_exchange_reasoning_collapsed(snap_compare: Any) -> None:
+    async def run_before(pilot: Pilot[Any]) -> None:
+        await pilot.press(*"How do I serve a quantized model?", "enter")
+        await until(pilot, lambda: not pilot.app.query_one(ChatPane).streaming)
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause()
+
+    assert snap_compare(SnapshotHost(), terminal_size=SIZE, run_before=run_before)
