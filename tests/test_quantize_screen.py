@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from textual.pilot import Pilot
 from textual.widgets import Input, ProgressBar, Select, Static
 
 from backend import paths
@@ -58,20 +59,20 @@ async def until(condition: Callable[[], object], timeout: float, what: str) -> N
         await asyncio.sleep(0.05)
 
 
-async def type_into(pilot, screen: QuantizeScreen, field_id: str, text: str) -> None:  # type: ignore[no-untyped-def]
+async def type_into(pilot: Pilot[int], screen: QuantizeScreen, field_id: str, text: str) -> None:
     screen.query_one(f"#{field_id}", Input).focus()
     await pilot.press(*text)
 
 
-async def choose(pilot, screen: QuantizeScreen, select_id: str, downs: int) -> None:  # type: ignore[no-untyped-def]
+async def choose(pilot: Pilot[int], screen: QuantizeScreen, select_id: str, downs: int) -> None:
     """Open a Select, move the highlight `downs` rows from the current value, pick it."""
     screen.query_one(f"#{select_id}", Select).focus()
     await pilot.press("enter", *(["down"] * downs), "enter")
 
 
 async def fill_form(
-    pilot, screen: QuantizeScreen, model: Path, calib: Path, out: Path, iters: int
-) -> None:  # type: ignore[no-untyped-def]
+    pilot: Pilot[int], screen: QuantizeScreen, model: Path, calib: Path, out: Path, iters: int
+) -> None:
     await type_into(pilot, screen, "model-dir", str(model))
     await type_into(pilot, screen, "output-dir", str(out))
     await choose(pilot, screen, "preset", downs=2)  # default, best, light

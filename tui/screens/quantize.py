@@ -270,7 +270,10 @@ class QuantizeScreen(Screen[None]):
     }
     QuantizeScreen #form-problem.shown, QuantizeScreen #job-error.shown { display: block; }
     QuantizeScreen #job-phase { height: 1; }
-    QuantizeScreen #job-bar { height: 1; }
+    QuantizeScreen #job-bar { height: 1; display: none; }
+    QuantizeScreen.-job #job-bar { display: block; }
+    QuantizeScreen #job-bar Bar { width: 1fr; }
+    QuantizeScreen #profile-row Label { width: 14; color: $foreground-muted; }
     QuantizeScreen #job-gpu { height: 1; color: $foreground-muted; }
     QuantizeScreen #job-result { height: auto; color: $success; display: none; }
     QuantizeScreen #job-result.shown { display: block; }
@@ -279,7 +282,7 @@ class QuantizeScreen(Screen[None]):
     QuantizeScreen #profile-name { width: 1fr; }
     QuantizeScreen #job-log {
         height: 1fr; min-height: 4; border: round $panel;
-        border-title-color: $foreground-muted; scrollbar-size-vertical: 1;
+        border-title-color: $foreground-muted; scrollbar-size: 1 1;
     }
     """
 
@@ -411,6 +414,7 @@ class QuantizeScreen(Screen[None]):
                 yield Static(id="job-result")
                 yield Static(id="job-error")
                 with Horizontal(id="profile-row"):
+                    yield Label("Profile name")
                     yield Input(placeholder="profile name", id="profile-name", compact=True)
                     yield Button("Create serve profile", id="create-profile", compact=True)
                 yield Log(id="job-log", max_lines=LOG_LINES_KEPT)
@@ -423,7 +427,9 @@ class QuantizeScreen(Screen[None]):
             yield widget
 
     def on_mount(self) -> None:
-        self.query_one("#job-log", Log).border_title = "job log"
+        log = self.query_one("#job-log", Log)
+        log.border_title = "job log"
+        log.anchor()  # stays at the newest line when the result lines above shrink it
         self._show_preset(self.query_one("#preset", Select).value)
         self._apply_width(self.size.width)
         self.watch_job()
@@ -489,7 +495,7 @@ class QuantizeScreen(Screen[None]):
         if job is None or progress is None:
             return
         if job.record.job_id != self.job_id:
-            self._show_new_job(job)
+            self._show_new_job(job, running=not progress.phase.finished)
         self.phase = progress.phase
         self.query_one("#job-phase", Static).update(Content(progress_line(progress)))
         bar = self.query_one("#job-bar", ProgressBar)
@@ -499,7 +505,7 @@ class QuantizeScreen(Screen[None]):
             bar.update(total=1, progress=1)
         self.refresh_bindings()
 
-    def _show_new_job(self, job: QuantizeJob) -> None:
+    def _show_new_job(self, job: QuantizeJob, running: bool) -> None:
         self.job_id = job.record.job_id
         self.report = None
         spec = job.record.spec
@@ -510,8 +516,9 @@ class QuantizeScreen(Screen[None]):
         for widget_id in ("#job-result", "#job-error", "#profile-row"):
             self.query_one(widget_id).remove_class("shown")
         self.add_class("-job")
-        if not self.query_one("#quantize-form").has_focus_within or not self.has_class("-wide"):
-            self.query_one("#job-log", Log).focus()
+        form_in_use = self.query_one("#quantize-form").has_focus_within and self.has_class("-wide")
+        if not form_in_use or running:
+            self.query_one("#job-log", Log).focus()  # where x (cancel) and n (new job) work
 
     @on(JobLogLines)
     def _show_log(self, message: JobLogLines) -> None:
@@ -633,6 +640,8 @@ class QuantizeScreen(Screen[None]):
         if action == "cancel_job":
             return self.running
         if action == "start_job":
+            if self.has_class("-job") and not self.has_class("-wide"):
+                return False  # the form is hidden: n shows it first
             return None if self.running else True
         if action == "new_job":
             return self.has_class("-job") and not self.has_class("-wide") and not self.running
