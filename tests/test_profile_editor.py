@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -14,12 +17,20 @@ from textual.widgets import Select, Static
 
 from backend import paths
 from backend.config import Settings, SpeculativeSettings, cpu_profile
-from backend.engine import Engine, engine_facts
+from backend.engine import KNOWN_KV_DTYPES, Engine, engine_facts
 from backend.supervisor import Phase, ServerSupervisor, group_members
 from tests.conftest import engine_spec, free_port
 from tui.app import CONTROL_GROUP, QtuiApp, make_app
 from tui.screens.profile_editor import ProfileEditorScreen
 from tui.screens.server import ServerScreen
+from tui.widgets.profile_fields import (
+    FIELDS,
+    FieldProblem,
+    control_values,
+    parse_max_model_len,
+    profile_changes,
+    read_profile,
+)
 from tui.widgets.profile_form import ProfileForm
 
 NARROW = (80, 24)
@@ -163,7 +174,7 @@ async def test_bad_value_shows_message_and_save_is_refused(
         else:
             await type_into(pilot, control, bad)
         assert complaint in message_of(form, key)
-        assert "need fixing" in text_of(app, "#preview-check")
+        assert f"✖ fix {FIELDS[key].label}; last valid: $ " in text_of(app, "#preview-command")
 
         await pilot.press("ctrl+s")
         await pilot.pause()
@@ -396,3 +407,56 @@ async def test_editor_for_an_unknown_profile_closes_with_a_message(
         await pilot.pause()
         assert isinstance(app.screen, ServerScreen)
         assert any("No profile named no-such-profile" in m for m in notifications(app))
+
+
+# -- the parsing behind the form, on its own --------------------------------------
+@pytest.mark.parametrize("name", ["tiny-cpu", "qwen3.6-27b-int4-mtp"])
+def test_form_values_read_back_as_the_same_profile(tiny_model: Path, name: str) -> None:
+    """Opening a profile and saving it untouched changes nothing."""
+    settings = Settings(profiles={"tiny-cpu": cpu_profile(str(tiny_model))})
+    profile = settings.all_profiles()[name]
+    reading = read_profile(control_values(profile), profile, KNOWN_KV_DTYPES)
+    assert reading.errors == {}
+    assert reading.profile == profile
+
+
+def test_max_model_len_forms_agree_with_the_installed_vllm(engine: Engine) -> None:
+    """Whatever the form accepts, vLLM's own parser accepts (run in the engine's Python)."""
+    forms = ["512", "1k", "1K", "25.6k", "auto", "AUTO", "-1", " 2M ", "10T",
+             "25.6K", "abc", "1.5", "1e3", "4096tokens", "0x100"]  # fmt: skip
+    probe = (
+        "import json, sys\n"
+        "from vllm.utils.argparse_utils import human_readable_int_or_auto as parse\n"
+        "verdicts = {}\n"
+        "for form in json.loads(sys.argv[1]):\n"
+        "    try:\n"
+        "        verdicts[form] = parse(form)\n"
+        "    except Exception:\n"
+        "        verdicts[form] = None\n"
+        "print(json.dumps(verdicts))\n"
+    )
+    assert engine.python is not None
+    result = subprocess.run(
+        [engine.python, "-c", probe, json.dumps(forms)],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    vllm_verdicts = json.loads(result.stdout.strip().splitlines()[-1])
+    for form in forms:
+        try:
+            ours = parse_max_model_len(form)
+        except FieldProblem:
+            ours = None
+        assert (ours is not None) == (vllm_verdicts[form] is not None), form
+    assert vllm_verdicts["25.6K"] is None and parse_max_model_len("25.6k") == "25.6k"
+
+
+def test_changes_list_differences_and_ignore_the_model_path_spelling(tiny_model: Path) -> None:
+    running = cpu_profile(str(tiny_model.resolve()), port=8000)
+    relative = os.path.relpath(tiny_model)
+    edited = cpu_profile(relative if relative.startswith(".") else f"./{relative}", port=8001)
+    edited = edited.model_copy(update={"speculative": edited.speculative.toggled()})
+    assert profile_changes(running, edited) == [
+        ("port", 8000, 8001),
+        ("speculative.method", "off", "ngram"),
+    ]
+    assert profile_changes(running, running) == []

@@ -112,6 +112,7 @@ class ProfileEditorScreen(Screen[None]):
         self.running: ServerStatus | None = None
         self._close_armed = False
         self._stop_watching = threading.Event()
+        self._last_command = ""
 
     @property
     def qtui(self) -> QtuiApp:
@@ -152,6 +153,7 @@ class ProfileEditorScreen(Screen[None]):
             self.app.pop_screen()
             return
         self._apply_width(self.size.width)
+        self.query_one("#editor-side").border_title = "vllm serve"
         self._show_title()
         self.watch_running()
 
@@ -179,16 +181,20 @@ class ProfileEditorScreen(Screen[None]):
         if profile is not None:
             self._show_preview(profile)
         else:
-            check = self.query_one("#preview-check", Static)
-            count = len(event.reading.errors)
-            check.update(Content(f"✖ {count} field(s) need fixing; the command above is stale"))
-            check.set_class(True, "-error")
+            # First line, so it shows in the four lines the narrow layout has.
+            labels = [FIELDS[key].label if key in FIELDS else key for key in event.reading.errors]
+            command = self.query_one("#preview-command", Static)
+            command.update(Content(f"✖ fix {', '.join(labels)}; last valid: {self._last_command}"))
+            command.set_class(True, "-error")
         self._show_diff()
 
     def _show_preview(self, profile: ServeProfile) -> None:
         engine = self.qtui.supervisor.engine
         preview = preview_command(profile, engine, self.form.kv_dtypes)
-        self.query_one("#preview-command", Static).update(Content(f"$ {preview.command}"))
+        self._last_command = f"$ {preview.command}"
+        command = self.query_one("#preview-command", Static)
+        command.update(Content(self._last_command))
+        command.set_class(False, "-error")
         self.query_one("#preview-env", Static).update(Content(preview.env_line))
         check = self.query_one("#preview-check", Static)
         if preview.refusal:

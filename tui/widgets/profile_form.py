@@ -68,6 +68,7 @@ class ProfileForm(VerticalScroll):
         """Settings the form has no control for are kept from here."""
         self.kv_dtypes = kv_dtypes
         self.reading: FormReading = read_profile(control_values(profile), profile, kv_dtypes)
+        self._shown_messages: dict[str, tuple[str, str]] = {}
 
     def compose(self) -> ComposeResult:
         values = control_values(self.base)
@@ -154,16 +155,24 @@ class ProfileForm(VerticalScroll):
             box = self.query_one(f"#box-{spec.slug}", Vertical)
             box.display = key in shown
             box.set_class(key in reading.errors, "-invalid")
-            message = box.query_one(".form-message", Static)
-            text, level = self._message_for(key, reading)
-            message.update(Content(text))
-            for name in ("error", "warning", "note"):
-                message.set_class(level == name, f"-{name}")
-            message.display = bool(text)
+            shown_message = self._message_for(key, reading)
+            if self._shown_messages.get(key) != shown_message:
+                # Only changed messages: each update re-lays out the whole form.
+                self._shown_messages[key] = shown_message
+                self._show_message(box, *shown_message)
             if spec.kind == "switch":
                 state = box.query_one(".switch-state", Static)
-                state.update("on" if values[key] else "off")
+                if str(state.content) != (label := "on" if values[key] else "off"):
+                    state.update(label)
         self.post_message(self.Edited(self, reading))
+
+    @staticmethod
+    def _show_message(box: Vertical, text: str, level: str) -> None:
+        message = box.query_one(".form-message", Static)
+        message.update(Content(text))
+        for name in ("error", "warning", "note"):
+            message.set_class(level == name, f"-{name}")
+        message.display = bool(text)
 
     @staticmethod
     def _message_for(key: str, reading: FormReading) -> tuple[str, str]:
