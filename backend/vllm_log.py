@@ -172,6 +172,14 @@ def shows_loading(lines: Iterable[str]) -> bool:
     return any(marker in line for line in lines for marker in LOADING_MARKERS)
 
 
+# The panel's own 1 Hz polling shows up in uvicorn's access log; hide it from views.
+OWN_POLLING = re.compile(r'"GET /(health|metrics) HTTP/[\d.]+" 200')
+
+
+def is_own_polling(line: str) -> bool:
+    return OWN_POLLING.search(line) is not None
+
+
 def tail_lines(path: Path, count: int, chunk: int = 65536) -> list[str]:
     """The last `count` lines of a file without reading all of it."""
     try:

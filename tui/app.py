@@ -29,13 +29,16 @@ from backend.config import (
     save_user_config,
 )
 from backend.engine import EngineError, resolve_engine
+from backend.gpu import GpuSampler
+from backend.metrics import MetricsScraper
 from backend.mtp_doctor import Report, Verdict, diagnose_checkpoint
 from backend.mtp_patch import PatchError, patch_checkpoint
 from backend.serve_args import LaunchRefused
 from backend.supervisor import ServerSupervisor, SupervisorError
-from backend.vllm_log import clean_line, tail_lines
+from backend.telemetry_checks import scraper_for
+from backend.vllm_log import clean_line, is_own_polling, tail_lines
 from themes import QTUI_THEMES, TCSS_PATH, THEME_NAMES
-from tui.messages import ServerLogLines, ServerStatusPolled
+from tui.messages import ServerLogLines, ServerStatusPolled, TelemetrySampled
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen, binding_rows
 from tui.screens.profile_picker import ProfilePicker
@@ -110,6 +113,7 @@ class QtuiApp(App[int]):
             self.set_keymap(self.settings.keymap)
         self.poll_status()
         self.tail_log()
+        self.sample_telemetry()
         self.check_mtp()
 
     def on_unmount(self) -> None:
@@ -139,6 +143,28 @@ class QtuiApp(App[int]):
                 screen.post_message(ServerStatusPolled(status))
             self._stop_polling.wait(self.poll_interval_s)
 
+    @work(thread=True, group="watch-telemetry", exit_on_error=False,
+          description="GPU and /metrics")  # fmt: skip
+    def sample_telemetry(self) -> None:
+        """1 Hz: NVML/psutil sample and a /metrics scrape of the server we run."""
+        worker = get_current_worker()
+        sampler = GpuSampler()
+        scraper: MetricsScraper | None = None
+        following: tuple[int, str] | None = None
+        while not worker.is_cancelled and not self._stop_polling.is_set():
+            record = self.supervisor.load_record()
+            running = record is not None and record.intent == "run"
+            key = (record.pid, record.url) if record is not None and running else None
+            if key != following:
+                following = key
+                sampler.watch(record.pgid if record is not None and running else None)
+                scraper = scraper_for(record) if record is not None and running else None
+            snapshot = scraper.scrape() if scraper is not None else None
+            screen = self.server_screen
+            if screen is not None:
+                screen.post_message(TelemetrySampled(snapshot, sampler.sample()))
+            self._stop_polling.wait(self.poll_interval_s)
+
     @work(thread=True, group="watch-log", exit_on_error=False, description="tail the server log")
     def tail_log(self) -> None:
         worker = get_current_worker()
@@ -152,7 +178,7 @@ class QtuiApp(App[int]):
             reset = False
             if path != current and path is not None and path.exists():
                 current, reset = path, True
-                lines = tail_lines(path, 300)
+                lines = [line for line in tail_lines(path, 3000) if not is_own_polling(line)]
                 offset, pending = path.stat().st_size, b""
             elif current is not None:
                 with contextlib.suppress(OSError), open(current, "rb") as handle:
@@ -161,7 +187,8 @@ class QtuiApp(App[int]):
                     offset += len(chunk)
                     pending += chunk
                     *complete, pending = pending.split(b"\n")
-                    lines = [clean_line(raw.decode("utf-8", "replace")) for raw in complete]
+                    decoded = (clean_line(raw.decode("utf-8", "replace")) for raw in complete)
+                    lines = [line for line in decoded if not is_own_polling(line)]
             screen = self.server_screen
             if (lines or reset) and screen is not None:
                 screen.post_message(ServerLogLines(lines, reset=reset))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from textual.message import Message
 
+from backend.gpu import GpuSample
+from backend.metrics import TelemetrySnapshot
 from backend.supervisor import ServerStatus
 
 
@@ -25,3 +27,15 @@ class ServerLogLines(Message):
         super().__init__()
         self.lines = lines
         self.reset = reset
+
+
+class TelemetrySampled(Message):
+    """A GPU sample and the windowed server figures (None when no server runs)."""
+
+    def __init__(self, snapshot: TelemetrySnapshot | None, gpu: GpuSample | None) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+        self.gpu = gpu
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, TelemetrySampled)

@@ -16,10 +16,11 @@ from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 from backend.config import ServeProfile
 from backend.mtp_doctor import Report, Verdict
 from backend.supervisor import Phase
-from tui.messages import ServerLogLines, ServerStatusPolled
+from tui.messages import ServerLogLines, ServerStatusPolled, TelemetrySampled
 from tui.widgets.chat import ChatPane
 from tui.widgets.log_view import LogDoctor, ServerLogView
 from tui.widgets.status_bar import ServerStatusBar
+from tui.widgets.telemetry import TelemetryPanel
 
 WIDE_LAYOUT_MIN_COLUMNS = 120
 
@@ -44,6 +45,8 @@ class ServerScreen(Screen[None]):
                 tooltip="Show the server log", show=False),
         Binding("c", "show_tab('tab-chat')", "Chat", id="show_chat",
                 tooltip="Chat with the running server (Esc leaves the input)"),
+        Binding("t", "show_tab('tab-telemetry')", "Telemetry", id="show_telemetry", show=False,
+                tooltip="GPU memory, tok/s, acceptance (beside the log on wide terminals)"),
         Binding("slash", "search_log", "Find", id="search_log", show=False,
                 tooltip="Search the server log (Enter: next match, Esc: close)"),
         Binding("o", "open_log_in_pager", "Pager", id="open_log_in_pager", show=False,
@@ -53,13 +56,17 @@ class ServerScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield ServerStatusBar(id="status-bar")
         yield Static(id="status-reason")
-        with Horizontal(id="main-area"), TabbedContent(id="tabs", initial="tab-log"):
-            with TabPane("Log", id="tab-log"):
-                yield LogDoctor(id="log-doctor")
-                yield Input(placeholder="find in log…", id="log-search")
-                yield ServerLogView(id="log-view")
-            with TabPane("Chat", id="tab-chat"):
-                yield ChatPane(id="chat")
+        with Horizontal(id="main-area"):
+            with TabbedContent(id="tabs", initial="tab-log"):
+                with TabPane("Log", id="tab-log"):
+                    yield LogDoctor(id="log-doctor")
+                    yield Input(placeholder="find in log…", id="log-search")
+                    yield ServerLogView(id="log-view")
+                with TabPane("Chat", id="tab-chat"):
+                    yield ChatPane(id="chat")
+                with TabPane("Telemetry", id="tab-telemetry"):
+                    yield TelemetryPanel(id="tab-telemetry-panel")
+            yield TelemetryPanel(id="side-telemetry")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -80,7 +87,20 @@ class ServerScreen(Screen[None]):
             self.query_one(ServerLogView).focus()
 
     def _apply_width(self, columns: int) -> None:
-        self.set_class(columns >= WIDE_LAYOUT_MIN_COLUMNS, "-wide")
+        wide = columns >= WIDE_LAYOUT_MIN_COLUMNS
+        self.set_class(wide, "-wide")
+        tabs = self.query_one(TabbedContent)
+        if wide:
+            if tabs.active == "tab-telemetry":
+                tabs.active = "tab-log"
+            tabs.hide_tab("tab-telemetry")
+        else:
+            tabs.show_tab("tab-telemetry")
+
+    @on(TelemetrySampled)
+    def show_telemetry(self, message: TelemetrySampled) -> None:
+        for panel in self.query(TelemetryPanel):
+            panel.update_snapshot(message.snapshot, message.gpu)
 
     @on(ServerStatusPolled)
     def show_status(self, message: ServerStatusPolled) -> None:
