@@ -20,7 +20,9 @@ def test_import_linter_contracts_are_kept() -> None:
 
 def test_importing_every_backend_module_loads_no_textual() -> None:
     modules = sorted(
-        f"backend.{path.stem}" for path in (REPO / "backend").glob("*.py") if path.stem != "__init__"
+        f"backend.{path.stem}"
+        for path in (REPO / "backend").glob("*.py")
+        if path.stem != "__init__"
     )
     probe = (
         "import importlib, sys\n"
