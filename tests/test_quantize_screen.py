@@ -111,10 +111,16 @@ async def test_quantize_from_form_to_serve_profile(
         assert app.screen is not screen
         assert all(w.group != WATCH_GROUP or w.is_cancelled for w in app.workers)
         job = QuantizeJob.current()
-        assert job is not None and job.record.job_id == first_job
+        assert job is not None and job.record.job_id == first_job and job.is_running()
+        reopened = QuantizeScreen()
+        await app.push_screen(reopened)
+        await until(lambda: reopened.job_id == first_job, 10, "the re-opened screen to attach")
+    # qtui quit: the job runs on, and a new qtui picks it up from the state file.
+    assert job.is_running(), job.log_tail()[-2000:]
+    app = build_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
         screen = QuantizeScreen()
         await app.push_screen(screen)
-
         bar = screen.query_one("#job-bar", ProgressBar)
         seen: list[tuple[float, float | None]] = []
 
