@@ -156,6 +156,15 @@ async def test_quantize_from_form_to_serve_profile(
         await pilot.pause()
         assert "exists already" in text_of(screen, "job-error")
 
+        # n brings the form back, filled from the re-attached job: one edit to run it again.
+        screen.query_one("#job-log").focus()
+        await pilot.press("n")
+        await pilot.pause()
+        assert not screen.has_class("-job")
+        assert Path(screen.query_one("#model-dir", Input).value) == model.resolve()
+        assert screen.query_one("#preset", Select).value == "light"
+        assert screen.query_one("#iters", Input).value == "2"
+
 
 async def test_cancel_from_the_screen_leaves_no_process(
     qwen35: tuple[Path, Path], tmp_path: Path
@@ -205,6 +214,12 @@ async def test_bad_input_shows_a_line_and_starts_nothing(tmp_path: Path) -> None
         # Nothing typed is lost.
         assert screen.query_one("#iters", Input).value == "0"
         assert screen.query_one("#model-dir", Input).value == str(tmp_path / "missing")
+        # Esc in a field only leaves the field; the next one closes the screen.
+        await pilot.press("escape")
+        assert app.screen is screen and app.focused is None
+        await pilot.press("escape")
+        await pilot.pause()
+        assert app.screen is not screen
 
 
 async def test_gpu_memory_line_and_cuda_default_with_a_gpu(tmp_path: Path) -> None:

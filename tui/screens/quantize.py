@@ -516,9 +516,33 @@ class QuantizeScreen(Screen[None]):
         for widget_id in ("#job-result", "#job-error", "#profile-row"):
             self.query_one(widget_id).remove_class("shown")
         self.add_class("-job")
+        self._fill_form_from(spec)
         form_in_use = self.query_one("#quantize-form").has_focus_within and self.has_class("-wide")
         if not form_in_use or running:
             self.query_one("#job-log", Log).focus()  # where x (cancel) and n (new job) work
+
+    def _fill_form_from(self, spec: dict[str, object]) -> None:
+        """An empty form (a re-attached job) takes the job's settings: one edit to run it again."""
+        text_fields = ("model-dir", "output-dir", "iters", "nsamples", "seqlen", "dataset")
+        if any(self.query_one(f"#{field_id}", Input).value for field_id in text_fields):
+            return
+        values = {
+            "model-dir": spec.get("model"),
+            "output-dir": spec.get("out"),
+            "iters": spec.get("iters"),
+            "nsamples": spec.get("nsamples"),
+            "seqlen": spec.get("seqlen"),
+            "dataset": spec.get("dataset"),
+        }
+        for field_id, value in values.items():
+            if value is not None:
+                self.query_one(f"#{field_id}", Input).value = str(value)
+        if spec.get("preset") in PRESETS:
+            self.query_one("#preset", Select).value = str(spec["preset"])
+        if spec.get("device") in DEVICES:
+            self.query_one("#device", Select).value = str(spec["device"])
+            self._device_decided = True
+        self._show_problem(None)
 
     @on(JobLogLines)
     def _show_log(self, message: JobLogLines) -> None:
@@ -714,6 +738,9 @@ class QuantizeScreen(Screen[None]):
         self.refresh_bindings()
 
     def action_close(self) -> None:
+        if isinstance(self.focused, Input):
+            self.set_focus(None)  # first Esc leaves the field: a stray Esc loses no typing
+            return
         if len(self.app.screen_stack) > 1:
             self.dismiss()
 
