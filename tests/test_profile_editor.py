@@ -369,7 +369,7 @@ async def test_apply_restarts_the_real_server_with_the_edit(
     sup = app.supervisor
     try:
         async with app.run_test(size=NARROW) as pilot:
-            await pilot.press("s")
+            app.action_start_server()  # what `s` on the Server screen does
             await finish_control(app)
             first = sup.load_record()
             assert first is not None and first.spec == "off"
