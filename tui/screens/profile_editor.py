@@ -28,7 +28,8 @@ from textual.worker import get_current_worker
 from backend.config import BUILTIN_PROFILES, ServeProfile, save_user_config
 from backend.engine import KNOWN_KV_DTYPES, Engine, engine_facts
 from backend.supervisor import ServerStatus
-from tui.screens.profile_prompts import ConfirmPrompt, ProfileNamePrompt
+from tui.screens.confirm import ConfirmScreen
+from tui.screens.profile_prompts import ProfileNamePrompt
 from tui.widgets.profile_fields import FIELDS, preview_command, profile_changes
 from tui.widgets.profile_form import ProfileForm
 
@@ -323,7 +324,7 @@ class ProfileEditorScreen(Screen[None]):
         question = f"Delete profile {name} from the config file?"
         if name in BUILTIN_PROFILES:
             question += " The built-in of that name comes back."
-        self.app.push_screen(ConfirmPrompt(question), confirmed)
+        self.app.push_screen(ConfirmScreen(question, yes="Delete"), confirmed)
 
     def _delete(self, name: str) -> None:
         settings = self.qtui.settings

@@ -1,4 +1,4 @@
-"""Two small modals of the profile editor: ask for a new profile name, confirm a delete."""
+"""The profile editor's name prompt: a new profile name, checked as you type."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from textual.widgets import Input, Label, Static
 from tui.widgets.profile_fields import profile_name_problem
 
 PROMPT_CSS = """
-ProfileNamePrompt, ConfirmPrompt {
+ProfileNamePrompt {
     align: center middle;
 }
-ProfileNamePrompt > Vertical, ConfirmPrompt > Vertical {
+ProfileNamePrompt > Vertical {
     width: 60;
     max-width: 100%;
     height: auto;
@@ -60,22 +60,3 @@ class ProfileNamePrompt(ModalScreen[str | None]):
         name = event.value.strip()
         if profile_name_problem(name, self.taken) is None:
             self.dismiss(name)
-
-
-class ConfirmPrompt(ModalScreen[bool]):
-    """Yes or no, with the question spelled out."""
-
-    DEFAULT_CSS = PROMPT_CSS
-    BINDINGS = [
-        Binding("y", "dismiss(True)", "Yes", id="confirm_yes", tooltip="Go ahead"),
-        Binding("n,escape", "dismiss(False)", "No", id="confirm_no", tooltip="Leave it as it is"),
-    ]  # fmt: skip
-
-    def __init__(self, question: str) -> None:
-        super().__init__()
-        self.question = question
-
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(Content(self.question))
-            yield Label("y: yes   n: no")
