@@ -20,9 +20,9 @@ from backend.supervisor import ServerSupervisor, group_members
 from backend.tiny_qwen35 import build_tiny_qwen35, write_calibration_jsonl
 from tests.test_gpu import GIB, FakeGpu, FakeNvml
 from tui.app import QtuiApp, make_app
+from tui.screens.confirm import ConfirmScreen
 from tui.screens.quantize import (
     WATCH_GROUP,
-    ConfirmCancelJob,
     QuantizeScreen,
     _LogFollower,
     model_dir_problem,
@@ -183,7 +183,7 @@ async def test_cancel_from_the_screen_leaves_no_process(
 
         await pilot.press("x")
         await pilot.pause()
-        assert isinstance(app.screen, ConfirmCancelJob)
+        assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")  # no: the job keeps running
         await pilot.pause()
         assert app.screen is screen and job.is_running()

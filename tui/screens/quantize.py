@@ -24,7 +24,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.message import Message
-from textual.screen import ModalScreen, Screen
+from textual.screen import Screen
 from textual.validation import ValidationResult, Validator
 from textual.widgets import Button, Footer, Input, Label, Log, ProgressBar, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
@@ -41,6 +41,7 @@ from backend.quantize import (
     QuantizeProgress,
     clean,
 )
+from tui.screens.confirm import ConfirmScreen
 
 if TYPE_CHECKING:
     from tui.app import QtuiApp
@@ -218,33 +219,6 @@ class _FormValues:
     spec: JobSpec | None
     problem: str | None
     field_id: str | None
-
-
-class ConfirmCancelJob(ModalScreen[bool]):
-    """Asks before the running job is stopped: hours of tuning are lost."""
-
-    DEFAULT_CSS = """
-    ConfirmCancelJob { align: center middle; }
-    ConfirmCancelJob > Vertical {
-        width: 60; max-width: 100%; height: auto;
-        border: round $error; background: $surface; padding: 0 1;
-    }
-    """
-    BINDINGS = [
-        Binding("y", "dismiss(True)", "Yes", id="quantize_cancel_yes",
-                tooltip="Stop the job (its partial output is not kept)"),
-        Binding("n,escape", "dismiss(False)", "No", id="quantize_cancel_no",
-                tooltip="Leave the job running"),
-    ]  # fmt: skip
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__()
-        self.job_id = job_id
-
-    def compose(self) -> ComposeResult:
-        with Vertical():
-            yield Static(Content(f"Cancel quantize job {self.job_id}? The work done is lost."))
-            yield Label("y: yes, cancel it   n: no, keep it running")
 
 
 class QuantizeScreen(Screen[None]):
@@ -701,7 +675,10 @@ class QuantizeScreen(Screen[None]):
                 self.notify("Cancelling the quantize job…")
                 self._cancel()
 
-        self.app.push_screen(ConfirmCancelJob(self.job_id), confirmed)
+        question = f"Cancel quantize job {self.job_id}? The tuning done so far is lost."
+        self.app.push_screen(
+            ConfirmScreen(question, yes="Cancel the job", no="Keep it running"), confirmed
+        )
 
     @work(thread=True, group=CONTROL_GROUP, exit_on_error=False, name="cancel",
           description="cancel the quantize job")  # fmt: skip
