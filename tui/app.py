@@ -7,8 +7,10 @@ node, and a screen may be swapped while the server keeps running.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -41,8 +43,11 @@ from themes import QTUI_THEMES, TCSS_PATH, THEME_NAMES
 from tui.messages import ServerLogLines, ServerStatusPolled, TelemetrySampled
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.help import HelpScreen, binding_rows
+from tui.screens.profile_editor import ProfileEditorScreen
 from tui.screens.profile_picker import ProfilePicker
+from tui.screens.quantize import QuantizeScreen
 from tui.screens.server import ServerScreen
+from tui.widgets.chat import ChatPane
 
 CONTROL_GROUP = "server-control"
 
@@ -133,6 +138,15 @@ class QtuiApp(App[int]):
         return None
 
     # -- long-lived watchers -----------------------------------------------
+    def _pause(self, worker: Worker[None], seconds: float) -> None:
+        """Sleep in short slices so a cancelled watcher ends at once (quit, tests)."""
+        deadline = time.monotonic() + seconds
+        while not worker.is_cancelled and not self._stop_polling.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._stop_polling.wait(min(left, 0.1))
+
     @work(thread=True, group="watch-status", exit_on_error=False, description="watch the server")
     def poll_status(self) -> None:
         worker = get_current_worker()
@@ -141,7 +155,7 @@ class QtuiApp(App[int]):
             screen = self.server_screen
             if screen is not None:
                 screen.post_message(ServerStatusPolled(status))
-            self._stop_polling.wait(self.poll_interval_s)
+            self._pause(worker, self.poll_interval_s)
 
     @work(thread=True, group="watch-telemetry", exit_on_error=False,
           description="GPU and /metrics")  # fmt: skip
@@ -163,7 +177,7 @@ class QtuiApp(App[int]):
             screen = self.server_screen
             if screen is not None:
                 screen.post_message(TelemetrySampled(snapshot, sampler.sample()))
-            self._stop_polling.wait(self.poll_interval_s)
+            self._pause(worker, self.poll_interval_s)
 
     @work(thread=True, group="watch-log", exit_on_error=False, description="tail the server log")
     def tail_log(self) -> None:
@@ -192,7 +206,7 @@ class QtuiApp(App[int]):
             screen = self.server_screen
             if (lines or reset) and screen is not None:
                 screen.post_message(ServerLogLines(lines, reset=reset))
-            self._stop_polling.wait(0.3)
+            self._pause(worker, 0.3)
 
     # -- actions --------------------------------------------------------------
     def action_show_keys(self) -> None:
@@ -200,6 +214,9 @@ class QtuiApp(App[int]):
         screen = self.server_screen
         if screen is not None:
             sources.append(("server", type(screen).BINDINGS))
+        sources.append(("chat", ChatPane.BINDINGS))
+        sources.append(("profile editor", ProfileEditorScreen.BINDINGS))
+        sources.append(("quantize", QuantizeScreen.BINDINGS))
         self.push_screen(HelpScreen(binding_rows(sources, self.settings.keymap)))
 
     def _require_profile(self) -> tuple[str, ServeProfile] | None:
@@ -215,14 +232,14 @@ class QtuiApp(App[int]):
     def watch_selected_profile(self) -> None:
         self.check_mtp()
 
-    @work(thread=True, exclusive=True, group="mtp-doctor", exit_on_error=False,
-          description="MTP doctor")  # fmt: skip
-    def check_mtp(self) -> None:
+    @work(exclusive=True, group="mtp-doctor", exit_on_error=False, description="MTP doctor")
+    async def check_mtp(self) -> None:
         selected = self.selected_profile
         report = None
         if selected is not None and Path(selected[1].model).expanduser().is_dir():
-            report = diagnose_checkpoint(Path(selected[1].model).expanduser())
-        self.call_from_thread(setattr, self, "mtp_report", report)
+            model = Path(selected[1].model).expanduser()
+            report = await asyncio.to_thread(diagnose_checkpoint, model)
+        self.mtp_report = report
 
     def _with_mtp_checked(self, profile: ServeProfile, proceed: Callable[[], None]) -> None:
         """Run `proceed` if `profile` can run MTP; offer the patch when it is fixable."""
@@ -248,11 +265,11 @@ class QtuiApp(App[int]):
             )
             self.push_screen(ConfirmScreen(question, yes="Patch"), answered)
 
-    @work(thread=True, group=CONTROL_GROUP, exit_on_error=False, description="MTP patch")
-    def _patch_then(self, model: Path, proceed: Callable[[], None]) -> str:
-        result = patch_checkpoint(model)
-        self.call_from_thread(self.check_mtp)
-        self.call_from_thread(proceed)
+    @work(group=CONTROL_GROUP, exit_on_error=False, description="MTP patch")
+    async def _patch_then(self, model: Path, proceed: Callable[[], None]) -> str:
+        result = await asyncio.to_thread(patch_checkpoint, model)
+        self.check_mtp()
+        proceed()
         backup = f"; backup in {result.backup_dir}" if result.backup_dir else ""
         return f"Patched {model.name}: {'; '.join(result.actions) or 'nothing to change'}{backup}"
 
@@ -311,6 +328,19 @@ class QtuiApp(App[int]):
             with contextlib.suppress(OSError):
                 save_user_config(self.settings)
 
+    def action_edit_profile(self) -> None:
+        if self._require_profile() is None or self.profile_name is None:
+            return
+        if not any(isinstance(screen, ProfileEditorScreen) for screen in self.screen_stack):
+            self.push_screen(ProfileEditorScreen(self.profile_name))
+
+    def action_quantize(self) -> None:
+        # One quantize screen at most: each watches the job and would finish() it.
+        for screen in self.screen_stack:
+            if isinstance(screen, QuantizeScreen):
+                return
+        self.push_screen(QuantizeScreen())
+
     def action_pick_profile(self) -> None:
         def chosen(name: str | None) -> None:
             if name:
@@ -365,6 +395,12 @@ class QtuiApp(App[int]):
             "Toggle MTP / speculative decoding",
             "Switch speculative decoding on or off (restarts a running server)",
             self.action_toggle_spec,
+        )
+        yield SystemCommand(
+            "Edit serve profile", "Every setting, command preview, apply", self.action_edit_profile
+        )
+        yield SystemCommand(
+            "Quantize a model (AutoRound)", "W4A16, then the MTP doctor", self.action_quantize
         )
         yield SystemCommand(
             "Pick serve profile", "Choose the profile to start", self.action_pick_profile
