@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shlex
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,5 +259,5 @@ def masked_command(argv: list[str]) -> str:
             hide_next = True
         elif arg.startswith(("--api-key=", "--hf-token=")):
             arg = arg.split("=", 1)[0] + "=****"
-        shown.append(arg if arg.isprintable() and " " not in arg else json.dumps(arg))
+        shown.append(arg if arg == "****" else shlex.quote(arg))
     return " ".join(shown)

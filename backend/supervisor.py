@@ -29,6 +29,7 @@ import psutil
 from backend import paths
 from backend.config import ServeProfile
 from backend.engine import Engine
+from backend.gpu import gpu_memory_held_by
 from backend.serve_args import LaunchPlan, masked_command, plan_launch
 from backend.vllm_log import diagnose, last_error_line, shows_loading, tail_lines
 
@@ -362,6 +363,9 @@ class ServerSupervisor:
             for callback in self._before_stop:
                 with contextlib.suppress(Exception):
                     callback()
+            # Remember who was in the group: after they exit, NVML must not show them
+            # holding GPU memory (vLLM #55510: orphaned workers keep it).
+            seen_pids = [proc.pid for proc in group_members(record.pgid)]
             if self._leader(record) is not None:
                 record.intent = "stopping"
                 self._save_record(record)
@@ -380,6 +384,13 @@ class ServerSupervisor:
             record.stopped_at = time.time()
             self._save_record(record)
         report.seconds = time.monotonic() - started
+        held = gpu_memory_held_by(seen_pids)
+        if held:
+            gib = sum(held.values()) / 2**30
+            raise SupervisorError(
+                f"the server's processes {sorted(held)} still hold {gib:.1f} GiB of GPU memory "
+                "after stopping: check `nvidia-smi` and kill them"
+            )
         if report.leftover_pids:
             raise SupervisorError(
                 f"processes {report.leftover_pids} of the server survived SIGKILL: "

@@ -191,10 +191,10 @@ def status_json(status: ServerStatus) -> dict[str, Any]:
 def cmd_status(args: argparse.Namespace) -> int:
     sup = supervisor()
     status = sup.status()
-    data = status_json(status)
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(json.dumps(status_json(status), indent=2))
         return 0
+    data = status.to_json()
     if status.record is None:
         print("stopped (no server started yet)")
         return 0
