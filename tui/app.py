@@ -37,7 +37,7 @@ from backend.mtp_doctor import Report, Verdict, diagnose_checkpoint
 from backend.mtp_patch import PatchError, patch_checkpoint
 from backend.serve_args import LaunchRefused
 from backend.supervisor import ServerSupervisor, SupervisorError
-from backend.telemetry_checks import scraper_for
+from backend.telemetry_checks import scraper_for, startup_readout
 from backend.vllm_log import clean_line, is_own_polling, tail_lines
 from themes import QTUI_THEMES, TCSS_PATH, THEME_NAMES
 from tui.messages import ServerLogLines, ServerStatusPolled, TelemetrySampled
@@ -190,10 +190,13 @@ class QtuiApp(App[int]):
             path = Path(record.log_path) if record else None
             lines: list[str] = []
             reset = False
+            readout = None
             if path != current and path is not None and path.exists():
                 current, reset = path, True
-                lines = [line for line in tail_lines(path, 3000) if not is_own_polling(line)]
+                lines = [line for line in tail_lines(path, 20000) if not is_own_polling(line)]
+                lines = lines[-3000:]
                 offset, pending = path.stat().st_size, b""
+                readout = startup_readout(path)
             elif current is not None:
                 with contextlib.suppress(OSError), open(current, "rb") as handle:
                     handle.seek(offset)
@@ -205,7 +208,7 @@ class QtuiApp(App[int]):
                     lines = [line for line in decoded if not is_own_polling(line)]
             screen = self.server_screen
             if (lines or reset) and screen is not None:
-                screen.post_message(ServerLogLines(lines, reset=reset))
+                screen.post_message(ServerLogLines(lines, reset=reset, readout=readout))
             self._pause(worker, 0.3)
 
     # -- actions --------------------------------------------------------------

@@ -7,6 +7,7 @@ from textual.message import Message
 from backend.gpu import GpuSample
 from backend.metrics import TelemetrySnapshot
 from backend.supervisor import ServerStatus
+from backend.telemetry_checks import StartupReadout
 
 
 class ServerStatusPolled(Message):
@@ -21,12 +22,19 @@ class ServerStatusPolled(Message):
 
 
 class ServerLogLines(Message):
-    """New lines of the server log (cleaned); `reset` when a new log began."""
+    """New lines of the server log (cleaned); `reset` when a new log began.
 
-    def __init__(self, lines: list[str], reset: bool = False) -> None:
+    A reset carries the startup readout read from the log's beginning, which a
+    long-running server's tail no longer holds.
+    """
+
+    def __init__(
+        self, lines: list[str], reset: bool = False, readout: StartupReadout | None = None
+    ) -> None:
         super().__init__()
         self.lines = lines
         self.reset = reset
+        self.readout = readout
 
 
 class TelemetrySampled(Message):

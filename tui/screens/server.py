@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shlex
 import subprocess
+from dataclasses import asdict, replace
 
 from textual import on
 from textual.app import ComposeResult
@@ -16,6 +17,7 @@ from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
 from backend.config import ServeProfile
 from backend.mtp_doctor import Report, Verdict
 from backend.supervisor import Phase
+from backend.telemetry_checks import StartupReadout, parse_startup
 from tui.messages import ServerLogLines, ServerStatusPolled, TelemetrySampled
 from tui.widgets.chat import ChatPane
 from tui.widgets.log_view import LogDoctor, ServerLogView
@@ -23,6 +25,21 @@ from tui.widgets.status_bar import ServerStatusBar
 from tui.widgets.telemetry import TelemetryPanel
 
 WIDE_LAYOUT_MIN_COLUMNS = 120
+
+
+def format_readout(readout: StartupReadout) -> str:
+    parts = []
+    if readout.model_load_gib is not None:
+        took = f" in {readout.model_load_s:.1f} s" if readout.model_load_s is not None else ""
+        parts.append(f"model {readout.model_load_gib:.2f} GiB{took}")
+    if readout.kv_cache_gib is not None:
+        parts.append(f"KV {readout.kv_cache_gib:.2f} GiB")
+    if readout.kv_cache_tokens is not None:
+        parts.append(f"{readout.kv_cache_tokens:,} tok")
+    if readout.max_concurrency is not None:
+        per = f" @{readout.tokens_per_request:,}" if readout.tokens_per_request else ""
+        parts.append(f"{readout.max_concurrency:.1f}x{per}")
+    return "loaded: " + " · ".join(parts) if parts else ""
 
 
 class ServerScreen(Screen[None]):
@@ -57,6 +74,10 @@ class ServerScreen(Screen[None]):
                 tooltip="Open the whole server log in $PAGER"),
     ]  # fmt: skip
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._readout = StartupReadout()
+
     def compose(self) -> ComposeResult:
         yield ServerStatusBar(id="status-bar")
         yield Static(id="status-reason")
@@ -64,6 +85,7 @@ class ServerScreen(Screen[None]):
             with TabbedContent(id="tabs", initial="tab-log"):
                 with TabPane("Log", id="tab-log"):
                     yield LogDoctor(id="log-doctor")
+                    yield Static(id="startup-readout")
                     yield Input(placeholder="find in log…", id="log-search")
                     yield ServerLogView(id="log-view")
                 with TabPane("Chat", id="tab-chat"):
@@ -119,7 +141,23 @@ class ServerScreen(Screen[None]):
     def show_log(self, message: ServerLogLines) -> None:
         log_view = self.query_one(ServerLogView)
         log_view.add_lines(message.lines, reset=message.reset)
+        self._update_readout(message.lines, message.reset, message.readout)
         self.query_one(LogDoctor).examine(list(log_view.kept)[-600:])
+
+    def _update_readout(
+        self, lines: list[str], reset: bool, initial: StartupReadout | None
+    ) -> None:
+        """What loading reported (weights, KV cache, concurrency), from new lines only."""
+        if reset:
+            self._readout = initial or StartupReadout()
+        found = parse_startup(lines)
+        merged = {k: v for k, v in asdict(found).items() if v is not None}
+        if not merged and not reset:
+            return
+        self._readout = replace(self._readout, **merged)
+        widget = self.query_one("#startup-readout", Static)
+        widget.update(format_readout(self._readout))
+        widget.set_class(not self._readout.empty, "shown")
 
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab

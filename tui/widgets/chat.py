@@ -1,10 +1,12 @@
 """The chat pane: talk to the served model and see how fast it answers.
 
-Replies stream into a Markdown widget through `Markdown.get_stream` (fragments
-are coalesced when they arrive faster than the screen can take them) inside
-an anchored scroll container; one full `update()` when the reply ends. The
-stream runs in an exclusive worker, so typing never waits on the network.
-Every reply is written to the transcript while it streams.
+Replies stream into Markdown through `Markdown.get_stream` inside an anchored
+scroll container: fragments are gathered and written once per 50 ms, and
+finished parts of a long reply are sealed (`StreamedMarkdown`), so a frame
+costs the same at token 20,000 as at token 200; one full `update()` of the
+live tail when the reply ends. The stream runs in an exclusive worker, so
+typing never waits on the network. Every reply is written to the transcript
+while it streams; the transcript, not the widgets, is what gets copied.
 
 Settings live in a one-line row above the input and change with slash
 commands (`/help` lists them), so the pane works at 80x24 without a form.
@@ -28,8 +30,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
 from textual.screen import ModalScreen
-from textual.widgets import Collapsible, Input, Markdown, OptionList, Static
-from textual.widgets.markdown import MarkdownStream
+from textual.widgets import Collapsible, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from backend.chat import (
@@ -45,6 +46,8 @@ from backend.chat import (
 )
 from backend.transcripts import Conversation, list_conversations
 from backend.transcripts import Message as TranscriptMessage
+from tui.gc_pause import full_collections_held
+from tui.widgets.streamed_markdown import StreamedMarkdown, fold_offscreen
 
 HELP = (
     "/new · /system TEXT · /temp T · /top_p P · /max N · /think on|off|default · "
@@ -88,27 +91,33 @@ class ToolCallBlock(Static):
 class ReplyTurn(Vertical):
     """One assistant reply: reasoning (collapsible), tool calls, text, stats line."""
 
-    FRAME_S = 1 / 30
-    """How often streamed text reaches the Markdown widgets (one append per frame)."""
+    FRAME_S = 0.05
+    """How often streamed text reaches the Markdown (one write per 50 ms, 20 a second)."""
 
     def __init__(self) -> None:
         super().__init__(classes="reply-turn")
-        self._body_stream: MarkdownStream | None = None
-        self._reasoning_stream: MarkdownStream | None = None
         self._pending_body: list[str] = []
         self._pending_reasoning: list[str] = []
         self._tool_blocks: dict[int, ToolCallBlock] = {}
 
     def compose(self) -> ComposeResult:
         with Collapsible(title="Reasoning", collapsed=False, classes="reasoning"):
-            yield Markdown(classes="reasoning-text")
+            yield StreamedMarkdown(classes="reasoning-text")
         yield Vertical(classes="tool-calls")
-        yield Markdown(classes="reply-text")
+        yield StreamedMarkdown(classes="reply-text")
         yield Static("…", classes="reply-stats", markup=False)
 
     def on_mount(self) -> None:
         self.query_one(".reasoning", Collapsible).display = False
         self._drain_timer = self.set_interval(self.FRAME_S, self._drain, pause=True)
+
+    @property
+    def body(self) -> StreamedMarkdown:
+        return self.query_one(".reply-text", StreamedMarkdown)
+
+    @property
+    def reasoning(self) -> StreamedMarkdown:
+        return self.query_one(".reasoning-text", StreamedMarkdown)
 
     def add_content(self, text: str) -> None:
         """Queue reply text; it is drawn on the next frame. Never waits on the UI."""
@@ -120,22 +129,16 @@ class ReplyTurn(Vertical):
         self._drain_timer.resume()
 
     async def _drain(self) -> None:
-        """Hand what arrived since the last frame to the Markdown streams, in one piece each."""
+        """Hand what arrived since the last frame to the Markdown, in one piece each."""
         if self._pending_reasoning:
-            if self._reasoning_stream is None:
-                self.query_one(".reasoning", Collapsible).display = True
-                self._reasoning_stream = Markdown.get_stream(
-                    self.query_one(".reasoning-text", Markdown)
-                )
+            self.query_one(".reasoning", Collapsible).display = True
             text = "".join(self._pending_reasoning)
             self._pending_reasoning.clear()
-            await self._reasoning_stream.write(text)
+            await self.reasoning.write(text)
         if self._pending_body:
-            if self._body_stream is None:
-                self._body_stream = Markdown.get_stream(self.query_one(".reply-text", Markdown))
             text = "".join(self._pending_body)
             self._pending_body.clear()
-            await self._body_stream.write(text)
+            await self.body.write(text)
         if not self._pending_body and not self._pending_reasoning:
             self._drain_timer.pause()
 
@@ -147,18 +150,17 @@ class ReplyTurn(Vertical):
         block.show(call)
 
     async def finish(self, message: TranscriptMessage) -> None:
-        """Stop the streams, render the whole reply once, collapse reasoning, show stats."""
+        """Stop streaming, render the live tails in full once, collapse reasoning, show stats.
+
+        Parts sealed while streaming stay as they are: no re-render of the whole reply.
+        """
         self._drain_timer.stop()
         self._pending_body.clear()
         self._pending_reasoning.clear()
-        for stream in (self._body_stream, self._reasoning_stream):
-            if stream is not None:
-                await stream.stop()
-        self._body_stream = self._reasoning_stream = None
-        await self.query_one(".reply-text", Markdown).update(message.content)
+        await self.body.finish(message.content)
+        await self.reasoning.finish(message.reasoning)
         reasoning = self.query_one(".reasoning", Collapsible)
         if message.reasoning:
-            await self.query_one(".reasoning-text", Markdown).update(message.reasoning)
             reasoning.display = True
         reasoning.collapsed = True
         for index, call in enumerate(message.tool_calls):
@@ -229,10 +231,10 @@ class ChatPane(Vertical):
     ChatPane #chat-log { height: 1fr; }
     ChatPane .user-turn { margin: 1 0 0 0; padding: 0 1; background: $boost; }
     ChatPane .reply-turn { height: auto; padding: 0 1; }
-    ChatPane .reply-text { margin: 0; padding: 0; }
-    ChatPane .reply-text > * { margin: 0; }
+    ChatPane StreamedMarkdown Markdown { margin: 0; padding: 0; }
+    ChatPane .reply-text Markdown > * { margin: 0; }
     ChatPane .reasoning { padding: 0; margin: 0; border: none; }
-    ChatPane .reasoning-text { color: $text-muted; margin: 0; padding: 0; }
+    ChatPane .reasoning-text Markdown { color: $text-muted; }
     ChatPane .tool-calls { height: auto; }
     ChatPane .tool-call { border: round $secondary; padding: 0 1; }
     ChatPane .reply-stats { color: $text-muted; }
@@ -248,6 +250,9 @@ class ChatPane(Vertical):
     """Name of the environment variable holding the API key."""
     streaming: reactive[bool] = reactive(False, init=False)
     """A reply is being written now."""
+
+    FOLD_CHECK_S = 0.25
+    """How often parts far from the viewport are folded (and scrolling unfolds at once)."""
 
     class ReplyFinished(Message):
         """A reply ended (complete, cancelled or interrupted)."""
@@ -289,6 +294,21 @@ class ChatPane(Vertical):
     async def on_mount(self) -> None:
         await self._show_conversation()
         self.query_one("#chat-input", Input).focus()
+        self._folding = False
+        self.set_interval(self.FOLD_CHECK_S, self._fold_offscreen)
+        log = self.query_one("#chat-log", VerticalScroll)
+        self.watch(log, "scroll_y", lambda: self.call_after_refresh(self._fold_offscreen))
+
+    async def _fold_offscreen(self) -> None:
+        """Keep only the reply parts near the viewport in the layout (see StreamedMarkdown)."""
+        if self._folding:
+            return
+        self._folding = True
+        try:
+            log = self.query_one("#chat-log", VerticalScroll)
+            await fold_offscreen(log, log.content_region)
+        finally:
+            self._folding = False
 
     # -- settings row -------------------------------------------------------
     def _refresh_settings(self) -> None:
@@ -440,6 +460,14 @@ class ChatPane(Vertical):
     async def _stream_reply(
         self, turn: ReplyTurn, messages: list[dict[str, Any]], options: ChatOptions
     ) -> None:
+        # A full garbage collection mid-reply stalls keys and frames for up to ~350 ms.
+        with full_collections_held():
+            await self._write_reply(turn, messages, options)
+
+    async def _write_reply(
+        self, turn: ReplyTurn, messages: list[dict[str, Any]], options: ChatOptions
+    ) -> None:
+        """Stream one reply into `turn` and the transcript; always finish both."""
         conversation = self.conversation
         writer = conversation.start_reply(self.model)
         reply = ReplyAccumulator(clock=self.clock)
