@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from backend.safetensors_header import TensorSpec, float32_to_bf16_bits, write_safetensors
-from backend.tinymodel import CHAT_TEMPLATE, _training_text, build_tokenizer
+from backend.tinymodel import _training_text, write_tokenizer_files
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -203,28 +203,10 @@ def build_tiny_qwen35(out_dir: Path, shape: TinyQwen35Shape | None = None, seed:
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".tiny-qwen35-", dir=out_dir.parent))
     try:
-        tokenizer = build_tokenizer(shape.vocab_size)
-        tokenizer.save(str(work / "tokenizer.json"))
+        tokenizer = write_tokenizer_files(work, shape.vocab_size, shape.max_position_embeddings)
         bos = tokenizer.token_to_id("<|endoftext|>")
         eos = tokenizer.token_to_id("<|im_end|>")
         (work / "config.json").write_text(json.dumps(model_config(shape, bos, eos), indent=2))
-        (work / "generation_config.json").write_text(
-            json.dumps({"eos_token_id": eos, "do_sample": False}, indent=2)
-        )
-        (work / "tokenizer_config.json").write_text(
-            json.dumps(
-                {
-                    "tokenizer_class": "PreTrainedTokenizerFast",
-                    "model_max_length": shape.max_position_embeddings,
-                    "eos_token": "<|im_end|>",
-                    "pad_token": "<|endoftext|>",
-                    "bos_token": None,
-                    "unk_token": None,
-                    "chat_template": CHAT_TEMPLATE,
-                },
-                indent=2,
-            )
-        )
         main, mtp = random_weights(shape, seed)
         head = {"lm_head.weight": main.pop("lm_head.weight")}
         shards = {

@@ -140,6 +140,31 @@ def _model_config(shape: TinyShape, tokenizer: Tokenizer) -> dict[str, object]:
     }
 
 
+def write_tokenizer_files(directory: Path, vocab_size: int, max_length: int) -> Tokenizer:
+    """Train the tokenizer; write tokenizer.json, tokenizer_config.json, generation_config.json."""
+    tokenizer = build_tokenizer(vocab_size)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    eos = tokenizer.token_to_id("<|im_end|>")
+    (directory / "generation_config.json").write_text(
+        json.dumps({"eos_token_id": eos, "do_sample": False}, indent=2)
+    )
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "model_max_length": max_length,
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "bos_token": None,
+                "unk_token": None,
+                "chat_template": CHAT_TEMPLATE,
+            },
+            indent=2,
+        )
+    )
+    return tokenizer
+
+
 def build_tiny_model(out_dir: Path, shape: TinyShape | None = None, seed: int = 0) -> Path:
     """Write the checkpoint to `out_dir` atomically (built beside it, then renamed).
 
@@ -152,27 +177,9 @@ def build_tiny_model(out_dir: Path, shape: TinyShape | None = None, seed: int = 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".tiny-model-", dir=out_dir.parent))
     try:
-        tokenizer = build_tokenizer(shape.vocab_size)
-        tokenizer.save(str(work / "tokenizer.json"))
+        tokenizer = write_tokenizer_files(work, shape.vocab_size, shape.max_position_embeddings)
         config = _model_config(shape, tokenizer)
         (work / "config.json").write_text(json.dumps(config, indent=2))
-        (work / "generation_config.json").write_text(
-            json.dumps({"eos_token_id": config["eos_token_id"], "do_sample": False}, indent=2)
-        )
-        (work / "tokenizer_config.json").write_text(
-            json.dumps(
-                {
-                    "tokenizer_class": "PreTrainedTokenizerFast",
-                    "model_max_length": shape.max_position_embeddings,
-                    "eos_token": "<|im_end|>",
-                    "pad_token": "<|endoftext|>",
-                    "bos_token": None,
-                    "unk_token": None,
-                    "chat_template": CHAT_TEMPLATE,
-                },
-                indent=2,
-            )
-        )
         save_file(_random_weights(shape, seed), str(work / "model.safetensors"))
         if out_dir.exists():
             shutil.rmtree(out_dir)
