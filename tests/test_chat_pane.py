@@ -11,9 +11,10 @@ from typing import Any
 
 import httpx
 import pytest
+from textual import events
 from textual.app import App, ComposeResult
 from textual.pilot import Pilot
-from textual.widgets import Input, Markdown, Static
+from textual.widgets import Input, Static
 from textual.worker import WorkerState
 
 from backend.config import cpu_profile
@@ -49,9 +50,17 @@ async def until(pilot: Pilot[Any], condition: Callable[[], bool], timeout: float
     raise AssertionError(f"condition not reached in {timeout} s")
 
 
+async def type_keys(pilot: Pilot[Any], *keys: str) -> None:
+    """Post key events the way the terminal driver does, without waiting for an idle app."""
+    for key in keys:
+        char = "\r" if key == "enter" else "\x1b" if key == "escape" else key
+        pilot.app.post_message(events.Key(key, char))
+    await pilot.pause(0.02)
+
+
 def reply_text(app: App[Any]) -> str:
     turns = list(app.query(ReplyTurn))
-    return turns[-1].query_one(".reply-text", Markdown).source if turns else ""
+    return turns[-1].body.text if turns else ""
 
 
 def stats_text(app: App[Any]) -> str:
@@ -62,15 +71,18 @@ async def test_send_by_keys_stream_then_stop_with_escape(vllm_server: RunningSer
     app = Host(ChatPane(vllm_server.url))
     async with app.run_test(size=SIZE) as pilot:
         pane = app.pane
-        await pilot.press(*"/max 400", "enter", *"/temp 0.9", "enter")
-        await pilot.press(*"Tell me a long story", "enter")
+        await pilot.press(*"/max 480", "enter", *"/temp 0.9", "enter")
+        # Keys go in as the terminal driver sends them: pilot.press would wait for
+        # the busy (streaming) app to go idle, up to seconds, and the tiny model
+        # can finish its reply meanwhile.
+        await type_keys(pilot, *"Tell me a long story", "enter")
         await until(pilot, lambda: len(reply_text(app)) > 0 or bool(app.finished))
         assert not app.finished, f"the reply ended before Esc: {app.finished[0].message}"
         # Typing stays live while the reply streams.
-        await pilot.press(*"next")
+        await type_keys(pilot, *"next")
         assert app.query_one(Input).value == "next"
-        await pilot.press("escape")
-        await pilot.app.workers.wait_for_complete()
+        assert not app.finished, "the reply ended before Esc"
+        await type_keys(pilot, "escape")
         await until(pilot, lambda: bool(app.finished))
         assert not pane.streaming
         stopped = app.finished[-1].message

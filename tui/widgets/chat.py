@@ -297,7 +297,11 @@ class ChatPane(Vertical):
         self._folding = False
         self.set_interval(self.FOLD_CHECK_S, self._fold_offscreen)
         log = self.query_one("#chat-log", VerticalScroll)
-        self.watch(log, "scroll_y", lambda: self.call_after_refresh(self._fold_offscreen))
+        self.watch(log, "scroll_y", self._scrolled, init=False)
+
+    def _scrolled(self) -> None:
+        # Unfold what scrolling brings near, once the scroll has been laid out.
+        self.call_after_refresh(self._fold_offscreen)
 
     async def _fold_offscreen(self) -> None:
         """Keep only the reply parts near the viewport in the layout (see StreamedMarkdown)."""
