@@ -13,7 +13,9 @@ import httpx
 import pytest
 from textual import events
 from textual.app import App, ComposeResult
+from textual.binding import Binding
 from textual.pilot import Pilot
+from textual.screen import Screen
 from textual.widgets import Input, Static
 from textual.worker import WorkerState
 
@@ -28,14 +30,37 @@ from tui.widgets.chat import ChatPane, ReplyTurn
 SIZE = (80, 24)
 
 
+class HostScreen(Screen[None]):
+    """A screen with its own Esc binding, as the app's screens have (focus leaves the chat)."""
+
+    BINDINGS = [Binding("escape", "leave_chat", "Leave chat")]
+
+    def __init__(self, pane: ChatPane) -> None:
+        super().__init__()
+        self.pane = pane
+        self.escapes = 0
+
+    def compose(self) -> ComposeResult:
+        yield self.pane
+
+    def action_leave_chat(self) -> None:
+        self.escapes += 1
+        self.set_focus(None)
+
+
 class Host(App[None]):
     def __init__(self, pane: ChatPane) -> None:
         super().__init__()
         self.pane = pane
         self.finished: list[ChatPane.ReplyFinished] = []
 
-    def compose(self) -> ComposeResult:
-        yield self.pane
+    def get_default_screen(self) -> HostScreen:
+        return HostScreen(self.pane)
+
+    @property
+    def host_screen(self) -> HostScreen:
+        assert isinstance(self.screen, HostScreen)
+        return self.screen
 
     def on_chat_pane_reply_finished(self, message: ChatPane.ReplyFinished) -> None:
         self.finished.append(message)
@@ -84,6 +109,7 @@ async def test_send_by_keys_stream_then_stop_with_escape(vllm_server: RunningSer
         assert not app.finished, "the reply ended before Esc"
         await type_keys(pilot, "escape")
         await until(pilot, lambda: bool(app.finished))
+        assert app.host_screen.escapes == 0, "Esc stopped the reply: the screen never saw it"
         assert not pane.streaming
         stopped = app.finished[-1].message
         assert stopped.status == "cancelled" and stopped.content
@@ -99,9 +125,24 @@ async def test_send_by_keys_stream_then_stop_with_escape(vllm_server: RunningSer
         assert done.status == "complete" and done.finish_reason == "length"
         assert "tok/s" in stats_text(app) and "out 6" in stats_text(app)
         assert pane.model == "tiny"
+        # No reply streaming: Esc is the screen's again (focus leaves the input).
+        await pilot.press("escape")
+        assert app.host_screen.escapes == 1 and app.focused is None
     on_disk = Conversation.open(pane.conversation.id).messages
     assert [m.status for m in on_disk if m.role == "assistant"] == ["cancelled", "complete"]
     assert on_disk[1].content == stopped.content
+
+
+async def test_escape_when_idle_reaches_the_screen() -> None:
+    app = Host(ChatPane("http://127.0.0.1:9"))  # nothing is sent: no server needed
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.focused is app.query_one("#chat-input", Input)
+        assert "escape" not in app.active_bindings or (
+            app.active_bindings["escape"].node is app.host_screen
+        ), "the pane's Stop binding is hidden while nothing streams"
+        await pilot.press("escape")
+        assert app.host_screen.escapes == 1
+        assert app.focused is None
 
 
 @pytest.mark.slow

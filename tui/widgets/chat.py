@@ -368,9 +368,18 @@ class ChatPane(Vertical):
 
         self.app.push_screen(ConversationPicker(), reopen)
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # Esc stops a reply; with none streaming the key is not ours: it goes on
+        # to the screen (which may move focus away from the chat input).
+        if action == "stop":
+            return self.streaming
+        return True
+
+    def watch_streaming(self) -> None:
+        self.refresh_bindings()
+
     def action_stop(self) -> None:
-        if self.streaming:
-            self.workers.cancel_group(self, "chat")
+        self.workers.cancel_group(self, "chat")
 
     def action_copy_last(self) -> None:
         for message in reversed(self.conversation.messages):
