@@ -35,6 +35,8 @@ SEAL_AT = 2500
 FOLD_AFTER_S = 0.5
 """A sealed part is folded no sooner than this after it mounted (it must be laid out)."""
 
+_NOT_A_PART_START = re.compile(r"[ \t]|(?:[-*+]|\d{1,9}[.)])(?:[ \t]|$)|#|>|```|~~~")
+"""Lines a sealed part must not start with: indented, list item, heading, quote, fence."""
 _FENCE_LINE = re.compile(r"^ {0,3}(`{3,}|~{3,})(.*)$", re.MULTILINE)
 
 
@@ -56,26 +58,35 @@ def fenced_spans(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def seal_point(text: str, soft_limit: int = SEAL_AT, not_before: int = 0) -> int:
+def seal_point(text: str, soft_limit: int = SEAL_AT) -> int:
     """Where `text` can be cut so that both sides render as they would together; 0: nowhere yet.
 
-    The cut is just after the first blank line at or past `soft_limit` that lies
-    outside a code fence and is followed by an unindented line (an indented one
-    could continue a list item or start an indented code block), and at or past
-    `not_before`. The next line must have begun, so a cut is never guessed.
+    The cut is just after the first blank line at or past `soft_limit` that
+    lies outside a code fence and is followed by a plain
+    block: not indented (it could continue a list item or be indented code),
+    not a list item (a loose list would become two lists, an ordered one would
+    restart its numbers), not a block with a top margin (heading, quote,
+    fence: margins of blocks in two Markdown widgets add up instead of
+    overlapping), not the text of a setext heading. The next line and the
+    start of the one after it must have arrived, so a cut is never guessed.
     """
-    search_from = max(soft_limit, not_before - 2, 0)
+    search_from = soft_limit
     spans: list[tuple[int, int]] | None = None
     while (blank := text.find("\n\n", search_from)) >= 0:
         cut = blank + 2
         while cut < len(text) and text[cut] == "\n":
             cut += 1
-        if cut >= len(text):
+        line_end = text.find("\n", cut)
+        if line_end < 0 or line_end + 1 >= len(text):
             return 0
+        next_line, line_after = text[cut:line_end], text[line_end + 1 : line_end + 2]
         if spans is None:
             spans = fenced_spans(text)
-        inside_fence = any(start < blank < end for start, end in spans)
-        if cut >= not_before and not inside_fence and text[cut] not in " \t":
+        if (
+            not _NOT_A_PART_START.match(next_line)
+            and line_after not in ("=", "-")
+            and not any(start < blank < end for start, end in spans)
+        ):
             return cut
         search_from = cut
     return 0
@@ -235,20 +246,19 @@ class StreamedMarkdown(Column):
         """Append `fragment` to the live part, sealing it when it has grown long enough."""
         if not fragment:
             return
-        before = len(self._live_text)
+        written = len(self._live_text)  # what the live part's stream already has
         self._live_text += fragment
-        while cut := seal_point(self._live_text, self.soft_limit, not_before=before):
-            # The cut lies in what has not been written yet (seal_point sees to
-            # that): the text up to it moves to a sealed part, the rest starts
-            # the live part afresh, both in one screen update.
+        while cut := seal_point(self._live_text, self.soft_limit):
+            # The text up to the cut becomes a sealed part (parsed whole, once);
+            # the live part starts afresh with the rest, in the same screen update.
             await self._stop_stream()
             finished, self._live_text = self._live_text[:cut], self._live_text[cut:]
             self._sealed.append(finished)
             with self.app.batch_update():
                 await self._sealed_box.mount(MarkdownPart(finished))
                 await self._live.update("")
-            before = 0
-        await self._write_live(self._live_text[before:])
+            written = 0
+        await self._write_live(self._live_text[written:])
 
     async def _write_live(self, text: str) -> None:
         if not text:
