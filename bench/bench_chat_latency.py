@@ -6,6 +6,9 @@ at the chosen rate into a ChatPane running headless at 80x24. While it
 streams, digits are posted as key events, the way the terminal driver posts
 them; the latency of one key is the time until a screen update that contains
 the typed digit is composed (the synthetic text has no digits). Goal: p95 <= 50 ms.
+It also prints the machine's load (other work skews the figure) and how long
+each full garbage collection took: the pane holds them off while a reply
+streams, so one runs after it.
 
     .venv/bin/python bench/bench_chat_latency.py [--rate 2000] [--keys 100]
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import random
 import statistics
@@ -90,11 +94,13 @@ async def measure(url: str, keys: int, tokens_expected: int) -> dict[str, Any]:
                 latencies.append(5.0)
                 continue
             latencies.append(time.perf_counter() - started)
+        keys_done = time.perf_counter()
         streamed_s = time.monotonic() - stream_started
         chars_streamed = len(reply.content) - chars_at_start
         while pane.streaming:
             await asyncio.sleep(0.05)
         await app.workers.wait_for_complete()
+        await asyncio.sleep(2.0)  # the full collection held while it streamed runs now
         stats = reply.stats or {}
     return {
         "latencies": latencies,
@@ -102,7 +108,33 @@ async def measure(url: str, keys: int, tokens_expected: int) -> dict[str, Any]:
         "stats": stats,
         "frames": app.frames,
         "status": reply.status,
+        "keys_done": keys_done,
     }
+
+
+class FullCollections:
+    """Times full (oldest-generation) garbage collections: each one stalls the event loop."""
+
+    def __init__(self) -> None:
+        self.pauses: list[tuple[float, float]] = []
+        """(when it ended, how long it took), perf_counter seconds."""
+        self._started = 0.0
+
+    def __enter__(self) -> FullCollections:
+        gc.callbacks.append(self._callback)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            ended = time.perf_counter()
+            self.pauses.append((ended, ended - self._started))
 
 
 def main() -> int:
@@ -111,6 +143,7 @@ def main() -> int:
     parser.add_argument("--keys", type=int, default=100, help="key presses to time")
     parser.add_argument("--tokens", type=int, default=0, help="reply length (default: enough)")
     args = parser.parse_args()
+    load_before = os.getloadavg()  # other work on the machine skews latency
     tokens = args.tokens or int(args.rate * (args.keys * 0.1 + 5))
     source = subprocess.Popen(
         [sys.executable, "-m", "tests.chat_sse_source", "--rate", str(args.rate),
@@ -120,7 +153,8 @@ def main() -> int:
     try:
         assert source.stdout is not None
         url = source.stdout.readline().strip()
-        result = asyncio.run(measure(url, args.keys, tokens))
+        with FullCollections() as collections:
+            result = asyncio.run(measure(url, args.keys, tokens))
     finally:
         source.terminate()
         source.wait(timeout=5)
@@ -131,6 +165,8 @@ def main() -> int:
     p50 = statistics.median(ms)
     p95 = ms[min(len(ms) - 1, round(0.95 * (len(ms) - 1)))]
     stats = result["stats"]
+    load = " ".join(f"{value:.2f}" for value in load_before)
+    print(f"machine: {os.cpu_count()} CPUs, load average {load} (1, 5, 15 min) before the run")
     print(f"source rate: {args.rate:.0f} tok/s, reply {tokens} tokens, status {result['status']}")
     print(
         f"pane received: {stats.get('tokens_per_s') or 0:.0f} tok/s (usage/decode time), "
@@ -140,6 +176,13 @@ def main() -> int:
         f"keypress-to-screen over {len(ms)} keys: p50 {p50:.1f} ms, p95 {p95:.1f} ms, "
         f"max {ms[-1]:.1f} ms (goal p95 <= 50 ms: {'met' if p95 <= 50 else 'NOT met'})"
     )
+    keys_done = result["keys_done"]
+    for label, pauses in (
+        ("while keys were timed", [s for t, s in collections.pauses if t <= keys_done]),
+        ("after (reply end + 2 s)", [s for t, s in collections.pauses if t > keys_done]),
+    ):
+        listed = ", ".join(f"{seconds * 1000:.0f} ms" for seconds in pauses) or "none"
+        print(f"full garbage collections {label}: {listed}")
     return 0 if p95 <= 50 else 1
 
 
