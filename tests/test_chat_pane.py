@@ -26,6 +26,7 @@ from backend.transcripts import Conversation
 from tests.chat_sse_source import SSESource, scripted_reply
 from tests.conftest import RunningServer, free_port
 from tui.widgets.chat import ChatPane, ReplyTurn
+from tui.widgets.streamed_markdown import FoldedPart, SealedParts
 
 SIZE = (80, 24)
 
@@ -149,14 +150,17 @@ async def test_escape_when_idle_reaches_the_screen() -> None:
 async def test_server_killed_mid_reply_keeps_the_partial_reply(
     engine: Engine, tiny_model: Path, tmp_path: Path
 ) -> None:
-    profile = cpu_profile(str(tiny_model), port=free_port())
+    # A long context so the reply streams for seconds: the kill must land mid-reply.
+    profile = cpu_profile(str(tiny_model), port=free_port()).model_copy(
+        update={"max_model_len": 2048}
+    )
     supervisor = ServerSupervisor(engine, state_dir=tmp_path / "own-server")
     status = supervisor.start("doomed", profile, timeout_s=300)
     assert status.record is not None
     try:
         app = Host(ChatPane(status.record.url))
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.press(*"/max 480", "enter", *"Keep talking", "enter")
+            await pilot.press(*"/max 2000", "enter", *"Keep talking", "enter")
             await until(pilot, lambda: len(reply_text(app)) > 0)
             os.killpg(status.record.pgid, signal.SIGKILL)
             await until(pilot, lambda: bool(app.finished))
@@ -200,6 +204,25 @@ async def test_settings_commands_shape_the_request(tmp_path: Path) -> None:
     system, user = request["messages"]
     assert system == {"role": "system", "content": "Be kind."}
     assert user["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+async def test_a_long_reply_is_sealed_in_parts_folded_and_reopened_whole() -> None:
+    async with SSESource(rate=50_000, tokens=4000) as source:
+        app = Host(ChatPane(source.url))
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press(*"a long one", "enter")
+            await until(pilot, lambda: bool(app.finished))
+            reply = app.finished[-1].message
+            turn = app.query(ReplyTurn).last()
+            parts = turn.query_one(SealedParts)
+            assert len(reply.content) > 20_000 and len(parts.children) >= 8
+            assert turn.body.text == reply.content
+            # Parts far above the end (where the log is scrolled) leave the layout.
+            await until(pilot, lambda: len(parts.query_children(FoldedPart)) >= 6)
+            assert turn.body.text == reply.content
+            await app.pane.open_conversation(Conversation.open(app.pane.conversation.id))
+            await pilot.pause()
+            assert reply_text(app) == reply.content
 
 
 async def test_new_conversation_and_reopen_from_history() -> None:
