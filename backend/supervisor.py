@@ -180,23 +180,22 @@ class ServerSupervisor:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- observing --------------------------------------------------------
-    def _leader(self, record: ServerRecord) -> psutil.Process | None:
+    def _leader_alive(self, record: ServerRecord) -> bool:
+        """Is the server's leader process still running?"""
+        if self._child is not None and self._child.pid == record.pid:
+            # Our own child: only waitpid tells the truth (and reaps it, keeping its code).
+            return self._child.poll() is None
         try:
             proc = psutil.Process(record.pid)
             if abs(proc.create_time() - record.create_time) > 1.0:
-                return None  # the pid was recycled by an unrelated process
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                self._reap()
-                return None
-            return proc
+                return False  # the pid was recycled by an unrelated process
+            return proc.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
-            return None
+            return False
 
     def _reap(self) -> int | None:
-        if self._child is not None:
-            code = self._child.poll()
-            return code
-        return None
+        """Our child's exit code once it has exited (None: running, or not ours)."""
+        return self._child.poll() if self._child is not None else None
 
     def health_ok(self, url: str) -> bool:
         try:
@@ -208,8 +207,7 @@ class ServerSupervisor:
         record = self.load_record()
         if record is None:
             return ServerStatus(Phase.STOPPED, None)
-        leader = self._leader(record)
-        if leader is not None:
+        if self._leader_alive(record):
             if record.intent == "stopping":
                 return ServerStatus(Phase.STOPPING, record)
             if self.health_ok(record.url):
@@ -366,7 +364,7 @@ class ServerSupervisor:
             # Remember who was in the group: after they exit, NVML must not show them
             # holding GPU memory (vLLM #55510: orphaned workers keep it).
             seen_pids = [proc.pid for proc in group_members(record.pgid)]
-            if self._leader(record) is not None:
+            if self._leader_alive(record):
                 record.intent = "stopping"
                 self._save_record(record)
                 for step, wait in (("SIGINT", first_wait_s), ("SIGINT again", second_wait_s)):
@@ -402,7 +400,7 @@ class ServerSupervisor:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             self._reap()
-            if self._leader(record) is None and not group_members(record.pgid):
+            if not self._leader_alive(record) and not group_members(record.pgid):
                 return True
             time.sleep(0.1)
         return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from backend.supervisor import ServerSupervisor
 from backend.transcripts import Conversation
 from tests.chat_sse_source import SSESource, scripted_reply
 from tests.conftest import RunningServer, free_port
+from tui import gc_pause
 from tui.widgets.chat import ChatPane, ReplyTurn
 from tui.widgets.streamed_markdown import FoldedPart, SealedParts
 
@@ -223,6 +225,23 @@ async def test_a_long_reply_is_sealed_in_parts_folded_and_reopened_whole() -> No
             await app.pane.open_conversation(Conversation.open(app.pane.conversation.id))
             await pilot.pause()
             assert reply_text(app) == reply.content
+
+
+async def test_full_collections_wait_for_the_reply_and_for_typing_to_pause() -> None:
+    async with SSESource(scripted_reply("short")) as source:
+        pane = ChatPane(source.url)
+        pane.GC_IDLE_S = 0.3
+        app = Host(pane)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press(*"hi", "enter")
+            assert gc_pause.held(), "held from the start of the reply"
+            await until(pilot, lambda: bool(app.finished))
+            typing_until = time.monotonic() + 0.8
+            while time.monotonic() < typing_until:  # the user types on after the reply
+                await pilot.press("x")
+                assert gc_pause.held()
+                await pilot.pause(0.1)
+            await until(pilot, lambda: not gc_pause.held(), timeout=5)
 
 
 async def test_new_conversation_and_reopen_from_history() -> None:

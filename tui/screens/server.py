@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static, TabbedContent, TabPane
+from textual.widgets import Footer, Input, Static, TabbedContent, TabPane, Tabs
 
 from backend.config import ServeProfile
 from backend.mtp_doctor import Report, Verdict
@@ -89,7 +89,7 @@ class ServerScreen(Screen[None]):
                     yield Input(placeholder="find in log…", id="log-search")
                     yield ServerLogView(id="log-view")
                 with TabPane("Chat", id="tab-chat"):
-                    yield ChatPane(id="chat")
+                    yield ChatPane(focus_on_mount=False, id="chat")
                 with TabPane("Telemetry", id="tab-telemetry"):
                     yield TelemetryPanel(id="tab-telemetry-panel")
             yield TelemetryPanel(id="side-telemetry")
@@ -99,8 +99,6 @@ class ServerScreen(Screen[None]):
         self._apply_width(self.size.width)
         self.watch(self.app, "selected_profile", self._show_profile, init=True)
         self.watch(self.app, "mtp_report", self._show_mtp_report, init=True)
-        # The chat pane focuses its input when it mounts; the Log tab is what shows first.
-        self.call_after_refresh(self.query_one(ServerLogView).focus)
 
     def on_resize(self) -> None:
         self._apply_width(self.size.width)
@@ -177,6 +175,11 @@ class ServerScreen(Screen[None]):
             self.notify(f"match {found[0]} of {found[1]}", timeout=2)
 
     def key_escape(self) -> None:
+        """Esc closes the log search, or leaves the chat input so letter keys work again."""
+        focused = self.focused
+        if focused is not None and self.query_one(ChatPane) in focused.ancestors_with_self:
+            self.query_one(TabbedContent).query_one(Tabs).focus()
+            return
         search = self.query_one("#log-search", Input)
         if search.has_class("shown"):
             search.remove_class("shown")

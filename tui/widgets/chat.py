@@ -46,7 +46,7 @@ from backend.chat import (
 )
 from backend.transcripts import Conversation, list_conversations
 from backend.transcripts import Message as TranscriptMessage
-from tui.gc_pause import full_collections_held
+from tui import gc_pause
 from tui.widgets.streamed_markdown import StreamedMarkdown, fold_offscreen
 
 HELP = (
@@ -253,6 +253,8 @@ class ChatPane(Vertical):
 
     FOLD_CHECK_S = 0.25
     """How often parts far from the viewport are folded (and scrolling unfolds at once)."""
+    GC_IDLE_S = 1.0
+    """After a reply, full garbage collections stay held until no typing for this long."""
 
     class ReplyFinished(Message):
         """A reply ended (complete, cancelled or interrupted)."""
@@ -275,9 +277,12 @@ class ChatPane(Vertical):
         conversation: Conversation | None = None,
         settings: ChatSettings | None = None,
         clock: Callable[[], float] = time.monotonic,
+        focus_on_mount: bool = True,
         id: str | None = None,
     ) -> None:
         super().__init__(id=id)
+        self.focus_on_mount = focus_on_mount
+        """False when hosted in a tab that is not shown first."""
         self.set_reactive(ChatPane.base_url, base_url)
         self.set_reactive(ChatPane.model, model)
         self.set_reactive(ChatPane.api_key_env, api_key_env)
@@ -285,6 +290,8 @@ class ChatPane(Vertical):
         self.settings = settings or ChatSettings()
         self.clock = clock
         """Times replies; tests pass a fixed clock for deterministic stats."""
+        self._holding_gc = False
+        self._typed_at = 0.0
 
     def compose(self) -> ComposeResult:
         yield VerticalScroll(id="chat-log")
@@ -293,7 +300,8 @@ class ChatPane(Vertical):
 
     async def on_mount(self) -> None:
         await self._show_conversation()
-        self.query_one("#chat-input", Input).focus()
+        if self.focus_on_mount:
+            self.query_one("#chat-input", Input).focus()
         self._folding = False
         self.set_interval(self.FOLD_CHECK_S, self._fold_offscreen)
         log = self.query_one("#chat-log", VerticalScroll)
@@ -473,9 +481,34 @@ class ChatPane(Vertical):
     async def _stream_reply(
         self, turn: ReplyTurn, messages: list[dict[str, Any]], options: ChatOptions
     ) -> None:
-        # A full garbage collection mid-reply stalls keys and frames for up to ~350 ms.
-        with full_collections_held():
+        # A full garbage collection mid-reply stalls keys and frames for up to
+        # ~350 ms; the one held off runs once the user is not typing (gc_pause).
+        if not self._holding_gc:
+            gc_pause.hold()
+            self._holding_gc = True
+        try:
             await self._write_reply(turn, messages, options)
+        finally:
+            self.set_timer(self.GC_IDLE_S, self._release_gc_when_idle)
+
+    @on(Input.Changed, "#chat-input")
+    def _typing(self) -> None:
+        self._typed_at = time.monotonic()
+
+    def _release_gc_when_idle(self) -> None:
+        if not self._holding_gc or self.streaming:
+            return
+        idle_s = time.monotonic() - self._typed_at
+        if idle_s < self.GC_IDLE_S:
+            self.set_timer(self.GC_IDLE_S - idle_s, self._release_gc_when_idle)
+            return
+        self._holding_gc = False
+        gc_pause.release(collect=True)
+
+    def on_unmount(self) -> None:
+        if self._holding_gc:
+            self._holding_gc = False
+            gc_pause.release()
 
     async def _write_reply(
         self, turn: ReplyTurn, messages: list[dict[str, Any]], options: ChatOptions
