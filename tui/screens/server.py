@@ -99,6 +99,9 @@ class ServerScreen(Screen[None]):
         self._apply_width(self.size.width)
         self.watch(self.app, "selected_profile", self._show_profile, init=True)
         self.watch(self.app, "mtp_report", self._show_mtp_report, init=True)
+        self.query_one(ServerLogView).add_lines(
+            ["# qtui: no server log yet. s starts the profile above, p picks another, e edits it."]
+        )
 
     def on_resize(self) -> None:
         self._apply_width(self.size.width)
