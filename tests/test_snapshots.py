@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import Input
 
 from backend.config import ServeProfile, Settings, SpeculativeSettings
 from backend.supervisor import ServerSupervisor
 from backend.tinymodel import build_tiny_model
 from tui.app import QtuiApp, make_app
+from tui.screens.profile_editor import ProfileEditorScreen
 
 SIZES = [(80, 24), (160, 50)]
 THEMES = ["qtui-dark", "qtui-light"]
@@ -57,6 +59,13 @@ async def _settle(pilot: Pilot[Any]) -> None:
     await pilot.pause()
     for _ in range(100):  # the doctor's verdict lands in the status bar; wait for it
         if not any(w.group == "mtp-doctor" and not w.is_finished for w in pilot.app.workers):
+            break
+        await pilot.pause(0.05)
+    screen = pilot.app.screen
+    for text_input in screen.query(Input):  # a blinking cursor would make snapshots flaky
+        text_input.cursor_blink = False
+    for _ in range(100):  # the profile editor's diff waits for its first look at the server
+        if not isinstance(screen, ProfileEditorScreen) or screen.running is not None:
             break
         await pilot.pause(0.05)
     await pilot.pause()
