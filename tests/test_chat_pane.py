@@ -125,7 +125,7 @@ async def test_send_by_keys_stream_then_stop_with_escape(vllm_server: RunningSer
         await pilot.press(*"/max 6", "enter", *"again", "enter")
         await until(pilot, lambda: len(app.finished) == 2)
         done = app.finished[-1].message
-        assert done.status == "complete" and done.finish_reason == "length"
+        assert (done.status, done.finish_reason) == ("complete", "length"), done.error
         assert "tok/s" in stats_text(app) and "out 6" in stats_text(app)
         assert pane.model == "tiny"
         # No reply streaming: Esc is the screen's again (focus leaves the input).
