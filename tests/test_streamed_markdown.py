@@ -199,3 +199,16 @@ async def test_a_finished_text_that_does_not_extend_the_sealed_parts_is_laid_out
         await streamed.finish("Something else entirely.\n\n" + paragraphs(3))
         await pilot.pause()
         assert streamed.text == "Something else entirely.\n\n" + paragraphs(3)
+
+
+async def test_finish_right_after_a_stream_started_does_not_cancel_the_caller() -> None:
+    # Esc just after a seal: the live part's MarkdownStream is stopped before its
+    # task first ran, and MarkdownStream.stop() then raises CancelledError. Seen
+    # as a pane stuck "streaming" that Esc could not stop any more.
+    app = StreamHost()
+    async with app.run_test(size=(60, 20)) as pilot:
+        streamed = app.query_one(StreamedMarkdown)
+        streamed._stream = Markdown.get_stream(streamed._live)  # no await: not started
+        await streamed.finish("all of it\n")
+        await pilot.pause()
+        assert streamed.text == "all of it\n"

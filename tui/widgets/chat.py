@@ -551,9 +551,11 @@ class ChatPane(Vertical):
                 stats=reply.stats.to_json(),
                 tool_calls=[vars(call) for call in reply.tool_calls.values()],
             )
-            await turn.finish(message)
-            self.streaming = False
-            self.post_message(self.ReplyFinished(self, message))
+            try:
+                await turn.finish(message)
+            finally:  # the pane must never stay "streaming" (Esc would do nothing)
+                self.streaming = False
+                self.post_message(self.ReplyFinished(self, message))
 
 
 def _number(text: str, kind: type[float] | type[int], what: str, low: float, high: float) -> Any:

@@ -18,6 +18,7 @@ viewport. A long conversation then costs a frame about what one screen does.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import Callable
@@ -268,9 +269,24 @@ class StreamedMarkdown(Column):
         await self._stream.write(text)
 
     async def _stop_stream(self) -> None:
-        if self._stream is not None:
-            await self._stream.stop()
-            self._stream = None
+        """Stop the live part's stream; what it had not drawn yet does not matter.
+
+        Callers render the text whole afterwards (a sealed part is parsed from
+        its text, `finish` updates the tail). `MarkdownStream.stop` cancels the
+        stream's task, and awaiting a task cancelled before its first step
+        raises CancelledError here, though no one cancelled us (seen when Esc
+        lands just after a seal): only a new cancel request of ours re-raises.
+        """
+        stream, self._stream = self._stream, None
+        if stream is None:
+            return
+        ours = asyncio.current_task()
+        requested = ours.cancelling() if ours is not None else 0
+        try:
+            await stream.stop()
+        except asyncio.CancelledError:
+            if ours is None or ours.cancelling() > requested:
+                raise
 
     async def finish(self, text: str) -> None:
         """Show exactly `text`: stop streaming, render the live tail in full once, seal it.
