@@ -13,16 +13,13 @@ has ([2H/8, H] and friends), which the tests use to build 0.12.x-style heads.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from backend.safetensors_header import TensorSpec, float32_to_bf16_bits, write_safetensors
-from backend.tinymodel import _training_text, write_tokenizer_files
+from backend.tinymodel import _training_text, staged_directory, write_tokenizer_files
 
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -200,9 +197,7 @@ def build_tiny_qwen35(out_dir: Path, shape: TinyQwen35Shape | None = None, seed:
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file() and (out_dir / INDEX_NAME).is_file():
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".tiny-qwen35-", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir) as work:
         tokenizer = write_tokenizer_files(work, shape.vocab_size, shape.max_position_embeddings)
         bos = tokenizer.token_to_id("<|endoftext|>")
         eos = tokenizer.token_to_id("<|im_end|>")
@@ -221,10 +216,4 @@ def build_tiny_qwen35(out_dir: Path, shape: TinyQwen35Shape | None = None, seed:
             total += sum(spec.nbytes for spec in specs.values())
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (work / INDEX_NAME).write_text(json.dumps(index, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(work, out_dir)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     return out_dir

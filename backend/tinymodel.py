@@ -8,6 +8,7 @@ need. head_dim is 32 because vLLM's CPU attention only takes 32, 64, 80, ...
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -140,6 +141,22 @@ def _model_config(shape: TinyShape, tokenizer: Tokenizer) -> dict[str, object]:
     }
 
 
+@contextlib.contextmanager
+def staged_directory(out_dir: Path) -> Iterator[Path]:
+    """A work dir beside `out_dir` that replaces it only if the block finishes."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        yield work
+        work.chmod(0o755)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(work, out_dir)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def write_tokenizer_files(directory: Path, vocab_size: int, max_length: int) -> Tokenizer:
     """Train the tokenizer; write tokenizer.json, tokenizer_config.json, generation_config.json."""
     tokenizer = build_tokenizer(vocab_size)
@@ -174,17 +191,9 @@ def build_tiny_model(out_dir: Path, shape: TinyShape | None = None, seed: int = 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file() and (out_dir / "model.safetensors").is_file():
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".tiny-model-", dir=out_dir.parent))
-    try:
+    with staged_directory(out_dir) as work:
         tokenizer = write_tokenizer_files(work, shape.vocab_size, shape.max_position_embeddings)
         config = _model_config(shape, tokenizer)
         (work / "config.json").write_text(json.dumps(config, indent=2))
         save_file(_random_weights(shape, seed), str(work / "model.safetensors"))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(work, out_dir)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
     return out_dir
