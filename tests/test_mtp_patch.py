@@ -250,7 +250,7 @@ def test_killed_patch_process_leaves_original_or_patched(quantized: Path, tmp_pa
         make_packed_fc(checkpoint, 8)
         original = {p.name: p.read_bytes() for p in checkpoint.iterdir() if p.is_file()}
         process = subprocess.Popen(
-            [sys.executable, "-m", "tui.cli", "mtp", "patch", str(checkpoint)],
+            [sys.executable, "-m", "tui", "mtp", "patch", str(checkpoint)],
             cwd=REPO,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -268,6 +268,14 @@ def test_killed_patch_process_leaves_original_or_patched(quantized: Path, tmp_pa
             outcomes.add("original")
         _load_all(checkpoint)
     assert outcomes  # each run was one of the two; which depends on timing
+    # The same command, not killed, does patch: the kills above interrupted real work.
+    checkpoint = _copy(quantized, tmp_path / "ckpt-whole")
+    make_packed_fc(checkpoint, 8)
+    finished = subprocess.run(
+        [sys.executable, "-m", "tui", "mtp", "patch", str(checkpoint)], cwd=REPO, check=False
+    )
+    assert finished.returncode == 0
+    assert diagnose_checkpoint(checkpoint).verdict is Verdict.READY
 
 
 def test_missing_mtp_tensors_is_impossible(quantized: Path, tmp_path: Path) -> None:
