@@ -90,8 +90,12 @@ class FakeNvml(Nvml):
 def server_group() -> Iterator[subprocess.Popen[bytes]]:
     """A real process in its own session, standing for the vLLM server's group."""
     child = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True
+        [sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
     )
+    assert child.stdout is not None
+    child.stdout.readline()  # running Python now, not a half-started fork
     yield child
     child.kill()
     child.wait()

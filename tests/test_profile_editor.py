@@ -197,7 +197,7 @@ async def test_spec_method_by_keys_in_wide_layout(
         await choose(pilot, form.control_for("speculative.method"), "ngram")
         command = text_of(app, "#preview-command")
         spec_json = '{"method":"ngram","num_speculative_tokens":2,"prompt_lookup_max":3}'
-        assert f"--speculative-config {spec_json}" in command
+        assert f"--speculative-config '{spec_json}'" in command  # quoted: pastes into a shell
         assert lookup_box.parent.display
 
         await type_into(pilot, form.control_for("speculative.num_speculative_tokens"), "4")
