@@ -167,6 +167,8 @@ class SealedParts(Column):
     def __init__(self) -> None:
         super().__init__()
         self._height_cache: tuple[tuple[int, int, int], int] | None = None
+        self._leaving: set[Widget] = set()
+        """Parts whose replacement is already mounted while they await removal."""
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
         key = (width, self._layout_updates, self._nodes._updates)
@@ -183,7 +185,9 @@ class SealedParts(Column):
     @property
     def sources(self) -> list[str]:
         return [
-            part.source for part in self.children if isinstance(part, MarkdownPart | FoldedPart)
+            part.source
+            for part in self.children
+            if isinstance(part, MarkdownPart | FoldedPart) and part not in self._leaving
         ]
 
     async def fold_outside(self, keep: Region, now: float) -> None:
@@ -208,12 +212,17 @@ class SealedParts(Column):
                 await self._swap(part, FoldedPart(part.source, region.height))
 
     async def _swap(self, old: Widget, new: Widget) -> None:
-        with self.app.batch_update():
-            try:
-                await self.mount(new, after=old)
-            except MountError:
-                return  # `old` went away meanwhile (a new conversation, say)
-            await old.remove()
+        # While both are children (between the mount and the removal) only `new` counts.
+        self._leaving.add(old)
+        try:
+            with self.app.batch_update():
+                try:
+                    await self.mount(new, after=old)
+                except MountError:
+                    return  # `old` went away meanwhile (a new conversation, say)
+                await old.remove()
+        finally:
+            self._leaving.discard(old)
 
 
 class StreamedMarkdown(Column):
