@@ -148,6 +148,16 @@ def diagnose(lines: Iterable[str]) -> Diagnosis | None:
     return best[1] if best else None
 
 
+_RANK = {fatal.key: rank for rank, fatal in enumerate(FATAL_PATTERNS)}
+
+
+def more_specific(first: Diagnosis | None, second: Diagnosis | None) -> Diagnosis | None:
+    """Of two diagnoses (say, of earlier and of newer lines), the one `diagnose` would pick."""
+    if first is None or second is None:
+        return first or second
+    return second if _RANK[second.key] < _RANK[first.key] else first
+
+
 def last_error_line(lines: Iterable[str]) -> str | None:
     """The last line that looks like an exception, for failures no pattern knows."""
     last = None

@@ -127,3 +127,13 @@ async def test_doctor_line_is_pinned_on_the_server_screen(tmp_path: Path) -> Non
         screen.post_message(ServerLogLines(["INFO: Application startup complete."], reset=True))
         await pilot.pause()
         assert not doctor.has_class("shown")
+
+
+def test_root_cause_survives_when_the_generic_failure_arrives_later() -> None:
+    from backend.vllm_log import more_specific
+
+    earlier = diagnose([FATAL_LINES[0][0]])  # the root cause, in one batch of lines
+    later = diagnose([FATAL_LINES[7][0]])  # "Engine core initialization failed", in the next
+    assert more_specific(earlier, later) == earlier
+    assert more_specific(later, earlier) == earlier
+    assert more_specific(None, later) == later

@@ -143,7 +143,7 @@ class ServerScreen(Screen[None]):
         log_view = self.query_one(ServerLogView)
         log_view.add_lines(message.lines, reset=message.reset)
         self._update_readout(message.lines, message.reset, message.readout)
-        self.query_one(LogDoctor).examine(list(log_view.kept)[-600:])
+        self.query_one(LogDoctor).examine(message.lines, reset=message.reset)
 
     def _update_readout(
         self, lines: list[str], reset: bool, initial: StartupReadout | None

@@ -7,7 +7,7 @@ from collections import deque
 from rich.text import Text
 from textual.widgets import RichLog, Static
 
-from backend.vllm_log import Diagnosis, diagnose, level_of
+from backend.vllm_log import Diagnosis, diagnose, level_of, more_specific
 
 LEVEL_STYLE = {
     "ERROR": "bold red",
@@ -64,8 +64,10 @@ class LogDoctor(Static):
         super().__init__(id=id)
         self.diagnosis: Diagnosis | None = None
 
-    def examine(self, lines: list[str]) -> None:
-        found = diagnose(lines)
+    def examine(self, new_lines: list[str], reset: bool = False) -> None:
+        """Look at lines as they arrive: only the new ones are scanned, never the whole tail."""
+        previous = None if reset else self.diagnosis
+        found = more_specific(previous, diagnose(new_lines))
         if found == self.diagnosis:
             return
         self.diagnosis = found
