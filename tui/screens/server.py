@@ -135,6 +135,9 @@ class ServerScreen(Screen[None]):
         self.query_one(ServerStatusBar).status = status
         reason = self.query_one("#status-reason", Static)
         text = status.reason if status.phase == Phase.FAILED and status.reason else ""
+        pinned = self.query_one(LogDoctor).diagnosis
+        if pinned is not None and pinned.advice == text:
+            text = ""  # the log doctor already shows this line above the log
         reason.update(f"✖ {text}" if text else "")
         reason.set_class(bool(text), "shown")
 
