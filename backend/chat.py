@@ -91,6 +91,9 @@ class ChatOptions:
     max_tokens: int | None = None
     enable_thinking: bool | None = None
     """Sent as chat_template_kwargs; Qwen3 templates read it."""
+    ignore_eos: bool = False
+    """vLLM's extra sampling field: generate max_tokens even past the end token, so
+    replies have a fixed length when comparing tok/s with MTP on and off."""
 
     def request_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {}
@@ -102,6 +105,8 @@ class ChatOptions:
             fields["max_tokens"] = self.max_tokens
         if self.enable_thinking is not None:
             fields["chat_template_kwargs"] = {"enable_thinking": self.enable_thinking}
+        if self.ignore_eos:
+            fields["ignore_eos"] = True
         return fields
 
 

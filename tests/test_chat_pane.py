@@ -162,7 +162,9 @@ async def test_server_killed_mid_reply_keeps_the_partial_reply(
     try:
         app = Host(ChatPane(status.record.url))
         async with app.run_test(size=SIZE) as pilot:
-            await pilot.press(*"/max 2000", "enter", *"Keep talking", "enter")
+            # ignore_eos: a random-weight model may emit its end token at any step.
+            await pilot.press(*"/max 2000", "enter", *"/ignore_eos on", "enter")
+            await pilot.press(*"Keep talking", "enter")
             await until(pilot, lambda: len(reply_text(app)) > 0)
             os.killpg(status.record.pgid, signal.SIGKILL)
             await until(pilot, lambda: bool(app.finished))
@@ -190,10 +192,11 @@ async def test_settings_commands_shape_the_request(tmp_path: Path) -> None:
         app = Host(ChatPane(source.url))
         async with app.run_test(size=SIZE) as pilot:
             for command in ("/temp 0.3", "/top_p 0.5", "/max 9", "/think off",
-                            "/system Be kind.", f"/image {image}"):  # fmt: skip
+                            "/ignore_eos on", "/system Be kind.", f"/image {image}"):  # fmt: skip
                 await pilot.press(*command, "enter")
             settings_row = str(app.query_one("#chat-settings", Static).render())
             assert "temp 0.3" in settings_row and "📎 pixel.png" in settings_row
+            assert "ignore eos" in settings_row
             await pilot.press(*"/temp 7", "enter")  # out of range: refused, kept
             assert app.pane.settings.temperature == 0.3
             await pilot.press(*"look", "enter")
@@ -203,6 +206,7 @@ async def test_settings_commands_shape_the_request(tmp_path: Path) -> None:
     request = source.requests[0]
     assert (request["temperature"], request["top_p"], request["max_tokens"]) == (0.3, 0.5, 9)
     assert request["chat_template_kwargs"] == {"enable_thinking": False}
+    assert request["ignore_eos"] is True
     system, user = request["messages"]
     assert system == {"role": "system", "content": "Be kind."}
     assert user["content"][1]["image_url"]["url"].startswith("data:image/png;base64,")

@@ -38,6 +38,11 @@ def register(subparsers: Any) -> None:
         choices=("on", "off"),
         help="enable_thinking for Qwen3-style chat templates (default: the template's)",
     )
+    chat.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="generate --max-tokens even past the end token (fixed-length speed runs)",
+    )
     chat.add_argument("--api-key-env", help="name of the environment variable holding the API key")
     chat.add_argument("--json", action="store_true", help="print one JSON object at the end")
     chat.set_defaults(handler=cmd_chat)
@@ -61,6 +66,7 @@ def cmd_chat(args: Any) -> int:
         top_p=args.top_p,
         max_tokens=args.max_tokens,
         enable_thinking=None if args.thinking is None else args.thinking == "on",
+        ignore_eos=args.ignore_eos,
     )
     messages = build_messages([user_message(args.prompt)], args.system)
     reply = asyncio.run(_stream(url, args.model, api_key_env, messages, options, args.json))

@@ -51,7 +51,7 @@ from tui.widgets.streamed_markdown import StreamedMarkdown, fold_offscreen
 
 HELP = (
     "/new · /system TEXT · /temp T · /top_p P · /max N · /think on|off|default · "
-    "/image PATH · /copy · /history · /model NAME · /url URL"
+    "/ignore_eos on|off · /image PATH · /copy · /history · /model NAME · /url URL"
 )
 
 
@@ -63,11 +63,14 @@ class ChatSettings:
     top_p: float | None = None
     max_tokens: int | None = None
     enable_thinking: bool | None = None
+    ignore_eos: bool = False
     images: list[Path] = field(default_factory=list)
     """Images attached to the next message."""
 
     def options(self) -> ChatOptions:
-        return ChatOptions(self.temperature, self.top_p, self.max_tokens, self.enable_thinking)
+        return ChatOptions(
+            self.temperature, self.top_p, self.max_tokens, self.enable_thinking, self.ignore_eos
+        )
 
 
 class UserTurn(Static):
@@ -334,6 +337,8 @@ class ChatPane(Vertical):
             parts.append(f"max {settings.max_tokens}")
         if settings.enable_thinking is not None:
             parts.append("think on" if settings.enable_thinking else "think off")
+        if settings.ignore_eos:
+            parts.append("ignore eos")
         if self.conversation.system:
             parts.append(f"system: {self.conversation.system[:30]}")
         parts += [f"📎 {image.name}" for image in settings.images]
@@ -451,6 +456,10 @@ class ChatPane(Vertical):
             if arg not in ("on", "off", "default"):
                 raise ValueError("/think on, off or default")
             settings.enable_thinking = None if arg == "default" else arg == "on"
+        elif name == "/ignore_eos":
+            if arg not in ("on", "off"):
+                raise ValueError("/ignore_eos on or off")
+            settings.ignore_eos = arg == "on"
         elif name == "/image":
             path = Path(arg).expanduser()
             if not path.is_file():
