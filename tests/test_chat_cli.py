@@ -36,7 +36,18 @@ def test_reply_alone_on_stdout_stats_on_stderr(vllm_server: RunningServer) -> No
 
 
 def test_json_output(vllm_server: RunningServer, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["chat", "Hi", "--url", vllm_server.url + "/v1", "--max-tokens", "5", "--json"])
+    code = main(
+        [
+            "chat",
+            "Hi",
+            "--url",
+            vllm_server.url + "/v1",
+            "--max-tokens",
+            "5",
+            "--ignore-eos",
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == 0
     assert out["usage"]["completion_tokens"] == 5 and out["finish_reason"] == "length"
@@ -48,7 +59,7 @@ def test_default_url_is_the_server_qtui_runs(
     vllm_server: RunningServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("QTUI_STATE_DIR", str(vllm_server.state_dir))
-    assert main(["chat", "Hi", "--max-tokens", "3", "--json"]) == 0
+    assert main(["chat", "Hi", "--max-tokens", "3", "--ignore-eos", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["usage"]["completion_tokens"] == 3
 
 

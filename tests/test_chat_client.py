@@ -80,7 +80,9 @@ async def test_usage_matches_what_the_server_counters_moved(vllm_server: Running
     before = {name: _counter(text, name) for name in names}
     reply = ReplyAccumulator()
     async with ChatClient(vllm_server.url, model="tiny") as client:
-        async for _ in client.stream_reply(PROMPT, ChatOptions(max_tokens=37), reply):
+        async for _ in client.stream_reply(
+            PROMPT, ChatOptions(max_tokens=37, ignore_eos=True), reply
+        ):
             pass
     assert reply.usage is not None and reply.usage.completion_tokens == 37
     expected = {
@@ -92,7 +94,9 @@ async def test_usage_matches_what_the_server_counters_moved(vllm_server: Running
 
 async def test_cancel_mid_stream_leaves_the_server_healthy(vllm_server: RunningServer) -> None:
     async with ChatClient(vllm_server.url, model="tiny") as client:
-        stream = client.stream(PROMPT, ChatOptions(max_tokens=400, temperature=0.8))
+        stream = client.stream(
+            PROMPT, ChatOptions(max_tokens=400, temperature=0.8, ignore_eos=True)
+        )
         seen = 0
         async for event in stream:
             seen += isinstance(event, ContentDelta)
@@ -107,7 +111,9 @@ async def test_cancel_mid_stream_leaves_the_server_healthy(vllm_server: RunningS
             )
             assert running == {"vllm:num_requests_running": 0}
         reply = ReplyAccumulator()
-        async for _ in client.stream_reply(PROMPT, ChatOptions(max_tokens=8), reply):
+        async for _ in client.stream_reply(
+            PROMPT, ChatOptions(max_tokens=8, ignore_eos=True), reply
+        ):
             pass
         assert reply.error is None and reply.finish_reason == "length"
 

@@ -99,7 +99,7 @@ async def test_send_by_keys_stream_then_stop_with_escape(vllm_server: RunningSer
     app = Host(ChatPane(vllm_server.url))
     async with app.run_test(size=SIZE) as pilot:
         pane = app.pane
-        await pilot.press(*"/max 480", "enter", *"/temp 0.9", "enter")
+        await pilot.press(*"/max 480", "enter", *"/temp 0.9", "enter", *"/ignore_eos on", "enter")
         # Keys go in as the terminal driver sends them: pilot.press would wait for
         # the busy (streaming) app to go idle, up to seconds, and the tiny model
         # can finish its reply meanwhile.
