@@ -183,6 +183,76 @@ def uncovered_packed_layers(checkpoint: Checkpoint, quant: dict[str, Any] | None
     ]
 
 
+# vLLM loads these as one fused linear (qkv_proj, gate_up_proj, in_proj_qkvz,
+# in_proj_ba) and refuses to build it when the siblings resolve to different
+# quant configs: "Fused module ... requires consistent quant config".
+FUSED_SIBLINGS: tuple[tuple[str, ...], ...] = (
+    ("q_proj", "k_proj", "v_proj"),
+    ("gate_proj", "up_proj"),
+    ("in_proj_qkv", "in_proj_z"),
+    ("in_proj_b", "in_proj_a"),
+)
+
+
+@dataclass
+class FusedGroup:
+    """Siblings of one fused linear: how each is stored and the bits vLLM gives it."""
+
+    prefix: str
+    storage: dict[str, str]
+    """Member -> "packed" (qweight) or "dense" (weight)."""
+    bits: dict[str, int]
+
+    @property
+    def stored_differently(self) -> bool:
+        return len(set(self.storage.values())) > 1
+
+    @property
+    def consistent(self) -> bool:
+        return not self.stored_differently and len(set(self.bits.values())) == 1
+
+    def describe(self) -> str:
+        members = ", ".join(
+            f"{member} {kind} {self.bits[member]}-bit" for member, kind in self.storage.items()
+        )
+        return f"{self.prefix}: {members}"
+
+
+def linear_storage(checkpoint: Checkpoint) -> dict[str, str]:
+    """Layer -> "packed" or "dense", from tensor names alone."""
+    storage: dict[str, str] = {}
+    for name in checkpoint.weight_map:
+        if name.endswith(".qweight"):
+            storage[name[: -len(".qweight")]] = "packed"
+        elif name.endswith(".weight"):
+            storage.setdefault(name[: -len(".weight")], "dense")
+    return storage
+
+
+def inconsistent_fused_groups(
+    checkpoint: Checkpoint, quant: dict[str, Any] | None
+) -> list[FusedGroup]:
+    """Fused siblings vLLM would refuse to build: stored or configured differently."""
+    members_by_group: dict[tuple[str, int], dict[str, str]] = {}
+    for layer, kind in linear_storage(checkpoint).items():
+        prefix, _, member = layer.rpartition(".")
+        for number, siblings in enumerate(FUSED_SIBLINGS):
+            if member in siblings:
+                members_by_group.setdefault((prefix, number), {})[member] = kind
+    found = []
+    for (prefix, number), members in sorted(members_by_group.items()):
+        if len(members) < 2:
+            continue
+        ordered = {
+            member: members[member] for member in FUSED_SIBLINGS[number] if member in members
+        }
+        bits = {member: vllm_layer_bits(f"{prefix}.{member}", quant) for member in ordered}
+        group = FusedGroup(prefix, ordered, bits)
+        if not group.consistent:
+            found.append(group)
+    return found
+
+
 # --- mtp.fc ----------------------------------------------------------------------------
 
 
@@ -415,6 +485,8 @@ class Report:
     fc_built_quantized: bool | None = None
     """Would vLLM build mtp.fc with the target's quantized linear method?"""
     uncovered_packed: list[str] = field(default_factory=list)
+    fused_inconsistent: list[str] = field(default_factory=list)
+    """Fused siblings (q/k/v, gate/up, in_proj pairs) vLLM would refuse to build."""
     index: IndexCheck | None = None
     quant_file_mismatch: list[str] = field(default_factory=list)
     """quantization_config keys where quantization_config.json disagrees with config.json."""
@@ -496,6 +568,16 @@ def diagnose(checkpoint: Checkpoint) -> Report:
     known["fc"] = fc
     if fc.problem is not None:
         return _impossible(path, f"mtp.fc cannot be used: {fc.problem}", **known)
+    fused = inconsistent_fused_groups(checkpoint, quant)
+    known["fused_inconsistent"] = [group.describe() for group in fused]
+    stored_differently = [group for group in fused if group.stored_differently]
+    if stored_differently:
+        return _impossible(
+            path,
+            "vLLM cannot build a fused layer whose siblings are stored differently "
+            f"({stored_differently[0].describe()}); re-quantize with one config per fused group",
+            **known,
+        )
     report = Report(str(path), Verdict.READY, "", **known)
     report.fc_built_quantized = vllm_layer_bits(FC, quant) < 16
     report.uncovered_packed = uncovered_packed_layers(checkpoint, quant)
@@ -539,8 +621,13 @@ def _problems(report: Report) -> list[str]:
         )
     if report.uncovered_packed:
         problems.append(
-            f"{len(report.uncovered_packed)} packed layer(s) not covered by "
-            f"block_name_to_quantize ({report.uncovered_packed[0]})"
+            f"{len(report.uncovered_packed)} packed layer(s) vLLM would build unquantized "
+            f"(outside block_name_to_quantize or marked 16-bit: {report.uncovered_packed[0]})"
+        )
+    if report.fused_inconsistent:
+        problems.append(
+            f"{len(report.fused_inconsistent)} fused layer(s) with inconsistent quant config, "
+            f"which vLLM refuses to load ({report.fused_inconsistent[0]})"
         )
     assert report.index is not None
     problems += report.index.problems

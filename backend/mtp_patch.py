@@ -43,6 +43,7 @@ from backend.mtp_doctor import (
     block_names,
     diagnose,
     fc_layer_config,
+    inconsistent_fused_groups,
     load_checkpoint,
     unpack_int4_cols,
     unpack_int4_rows,
@@ -144,8 +145,29 @@ def repaired_quant_config(
     packed = sorted(n[: -len(".qweight")] for n in checkpoint.weight_map if n.endswith(".qweight"))
     packed = [layer for layer in packed if layer != FC]
     uncovered = [layer for layer in packed if vllm_layer_bits(layer, fixed) >= 16]
-    if not uncovered:
-        return fixed, actions
+    if uncovered:
+        _cover_packed_layers(fixed, uncovered, packed, dense_layers, actions)
+    for group in inconsistent_fused_groups(checkpoint, fixed):
+        # Dense siblings that vLLM would build partly quantized: all of them 16-bit,
+        # as stored. (Siblings stored differently cannot be repaired by a config.)
+        if set(group.storage.values()) == {"dense"}:
+            for member, bits in group.bits.items():
+                if bits < 16:
+                    layer = f"{group.prefix}.{member}"
+                    extra[layer] = dict(UNQUANTIZED_ENTRY)
+                    actions.append(f'extra_config["{layer}"] = 16-bit (fused with dense siblings)')
+    return fixed, actions
+
+
+def _cover_packed_layers(
+    fixed: dict[str, Any],
+    uncovered: list[str],
+    packed: list[str],
+    dense_layers: list[str],
+    actions: list[str],
+) -> None:
+    """Make vLLM build every packed layer quantized, without quantizing a dense one."""
+    extra: dict[str, Any] = fixed["extra_config"]
     before = {layer: vllm_layer_bits(layer, fixed) for layer in dense_layers}
     blocks = block_names(fixed)
     added = sorted({_block_prefix(layer) for layer in uncovered} - set(blocks))
@@ -163,7 +185,6 @@ def repaired_quant_config(
         if vllm_layer_bits(layer, fixed) >= 16 and layer in extra:
             del extra[layer]  # an explicit 16-bit entry for a packed layer contradicts the data
             actions.append(f'removed extra_config["{layer}"] (the layer is packed)')
-    return fixed, actions
 
 
 def _dense_layers(checkpoint: Checkpoint, weight_map: dict[str, str]) -> list[str]:

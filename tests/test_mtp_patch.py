@@ -14,7 +14,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -310,3 +312,68 @@ def test_truncated_and_foreign_files_give_clear_errors(quantized: Path, tmp_path
         read_header(shard)
     assert qtui(["mtp", "inspect", str(checkpoint)]) == 2
     assert qtui(["mtp", "inspect", str(tmp_path)]) == 2  # no config.json: not a checkpoint
+
+
+def _edit_quant_config(checkpoint: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Apply `edit` to config.json's quantization_config and quantization_config.json alike."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    edit(config["quantization_config"])
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    (checkpoint / "quantization_config.json").write_text(json.dumps(config["quantization_config"]))
+
+
+def test_fused_siblings_configured_differently_are_repaired(
+    quantized: Path, tmp_path: Path
+) -> None:
+    checkpoint = _copy(quantized, tmp_path / "ckpt")
+    assert qtui(["mtp", "patch", str(checkpoint), "--no-backup"]) == 0  # start from ready
+    k_proj, in_proj_a = "mtp.layers.0.self_attn.k_proj", "model.layers.0.linear_attn.in_proj_a"
+
+    def break_siblings(quant: dict[str, Any]) -> None:
+        quant["extra_config"][k_proj] = {"bits": 16, "data_type": "fp"}  # packed, marked 16-bit
+        del quant["extra_config"][in_proj_a]  # dense, now built 4-bit beside a 16-bit in_proj_b
+
+    _edit_quant_config(checkpoint, break_siblings)
+    report = diagnose_checkpoint(checkpoint)
+    assert report.verdict is Verdict.FIXABLE, report.reason
+    assert report.fused_inconsistent == [
+        "model.layers.0.linear_attn: in_proj_b dense 16-bit, in_proj_a dense 4-bit",
+        "mtp.layers.0.self_attn: q_proj packed 4-bit, k_proj packed 16-bit, v_proj packed 4-bit",
+    ]
+    assert any("inconsistent quant config" in problem for problem in report.problems)
+    assert qtui(["mtp", "patch", str(checkpoint), "--no-backup"]) == 0
+    after = diagnose_checkpoint(checkpoint)
+    assert after.verdict is Verdict.READY and after.fused_inconsistent == [], after.reason
+    extra = json.loads((checkpoint / "config.json").read_text())["quantization_config"][
+        "extra_config"
+    ]
+    assert k_proj not in extra and extra[in_proj_a] == {"bits": 16, "data_type": "fp"}
+
+
+def test_fused_siblings_stored_differently_are_impossible(quantized: Path, tmp_path: Path) -> None:
+    checkpoint = _copy(quantized, tmp_path / "ckpt")
+    q_proj = "mtp.layers.0.self_attn.q_proj"
+    index_path = checkpoint / "model.safetensors.index.json"
+    index = json.loads(index_path.read_text())
+    shard = index["weight_map"][f"{q_proj}.qweight"]
+    header = read_header(checkpoint / shard)
+    rows, out = header.tensors[f"{q_proj}.qweight"].shape
+    specs = {
+        name: TensorSpec.from_file(header, name)
+        for name in header.tensors
+        if not name.startswith(f"{q_proj}.")
+    }
+    specs[f"{q_proj}.weight"] = TensorSpec.from_array(np.zeros((out, rows * 8), np.uint16), "BF16")
+    write_safetensors_atomic(checkpoint / shard, specs, header.metadata)
+    for suffix in (".qweight", ".qzeros", ".scales"):
+        del index["weight_map"][f"{q_proj}{suffix}"]
+    index["weight_map"][f"{q_proj}.weight"] = shard
+    index_path.write_text(json.dumps(index))
+    before = {path.name: path.read_bytes() for path in checkpoint.iterdir()}
+
+    report = diagnose_checkpoint(checkpoint)
+    assert report.verdict is Verdict.IMPOSSIBLE
+    assert "stored differently" in report.reason and "mtp.layers.0.self_attn" in report.reason
+    assert qtui(["mtp", "inspect", str(checkpoint)]) == 2
+    assert qtui(["mtp", "patch", str(checkpoint)]) == 2
+    assert {path.name: path.read_bytes() for path in checkpoint.iterdir()} == before

@@ -46,8 +46,10 @@ def _details(report: Report) -> list[str]:
         built = "quantized (its weight would be skipped)" if report.fc_built_quantized else "BF16"
         lines.append(f"vLLM builds mtp.fc as: {built}")
     if report.uncovered_packed:
+        lines.append(f"packed layers vLLM would build unquantized: {len(report.uncovered_packed)}")
+    if report.fused_inconsistent:
         lines.append(
-            f"packed layers outside block_name_to_quantize: {len(report.uncovered_packed)}"
+            f"fused layers with inconsistent quant config: {len(report.fused_inconsistent)}"
         )
     lines += [f"  - {problem}" for problem in report.problems]
     return lines
