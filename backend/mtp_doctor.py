@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -106,6 +106,32 @@ def load_checkpoint(path: Path) -> Checkpoint:
         except SafetensorsError as error:
             raise NotACheckpoint(str(error)) from None
     return Checkpoint(path, config, quant_file, index, headers)
+
+
+def adopt_unindexed_mtp(checkpoint: Checkpoint) -> tuple[Checkpoint, list[str]]:
+    """The checkpoint as it would be with unindexed files of mtp.* tensors in its index.
+
+    vLLM loads only what the index names, so an MTP shard left out of it (a
+    re-generated index, a copied-in model_extra_tensors.safetensors) is as good
+    as missing, yet a patch can adopt it. Only files holding nothing but mtp.*
+    tensors, none of them indexed elsewhere, are adopted.
+    """
+    if checkpoint.index is None:
+        return checkpoint, []
+    weight_map = checkpoint.weight_map
+    indexed_files = set(weight_map.values())
+    adopted = []
+    for name, header in sorted(checkpoint.headers.items()):
+        tensors = list(header.tensors)
+        if name in indexed_files or not tensors:
+            continue
+        if all(t.startswith("mtp.") and t not in weight_map for t in tensors):
+            weight_map.update(dict.fromkeys(tensors, name))
+            adopted.append(name)
+    if not adopted:
+        return checkpoint, []
+    index = checkpoint.index | {"weight_map": weight_map}
+    return replace(checkpoint, index=index), adopted
 
 
 def _read_json(path: Path, *, required: bool) -> dict[str, Any] | None:
@@ -488,6 +514,8 @@ class Report:
     fused_inconsistent: list[str] = field(default_factory=list)
     """Fused siblings (q/k/v, gate/up, in_proj pairs) vLLM would refuse to build."""
     index: IndexCheck | None = None
+    adopted_files: list[str] = field(default_factory=list)
+    """Files of mtp.* tensors the index leaves out (vLLM would not load them)."""
     quant_file_mismatch: list[str] = field(default_factory=list)
     """quantization_config keys where quantization_config.json disagrees with config.json."""
     pending_patch: bool = False
@@ -521,6 +549,7 @@ def diagnose_checkpoint(path: Path) -> Report:
 
 def diagnose(checkpoint: Checkpoint) -> Report:
     path = checkpoint.path
+    checkpoint, adopted_files = adopt_unindexed_mtp(checkpoint)
     text = checkpoint.text_config
     architectures = checkpoint.config.get("architectures") or []
     hidden = text.get("hidden_size")
@@ -541,6 +570,7 @@ def diagnose(checkpoint: Checkpoint) -> Report:
         "mtp_tensors": len(mtp_names),
         "mtp_layers_present": present,
         "quant_method": (quant or {}).get("quant_method"),
+        "adopted_files": adopted_files,
     }
     if (path / JOURNAL_NAME).exists():
         # Mid-rename the files disagree with each other; only finishing the patch is meaningful.
@@ -610,7 +640,10 @@ def _normalised(key: str, value: Any) -> Any:
 
 
 def _problems(report: Report) -> list[str]:
-    problems = []
+    problems = [
+        f"{name} holds mtp.* tensors the index does not list (vLLM would not load them)"
+        for name in report.adopted_files
+    ]
     fc = report.fc
     assert fc is not None
     if fc.kind == "packed":

@@ -40,6 +40,7 @@ from backend.mtp_doctor import (
     NotACheckpoint,
     Report,
     Verdict,
+    adopt_unindexed_mtp,
     block_names,
     diagnose,
     fc_layer_config,
@@ -274,6 +275,8 @@ def _fixed_index(
                 adopted += 1
     if adopted:
         plan.actions.append(f"index: added {adopted} shard tensors it did not list")
+    for name in report.adopted_files:
+        plan.actions.append(f"index: adopted {name} (mtp.* tensors it did not list)")
     total = sum(shard_bytes[shard] for shard in set(weight_map.values()))
     old_total = (checkpoint.index.get("metadata") or {}).get("total_size")
     if old_total != total:
@@ -358,7 +361,7 @@ def patch_checkpoint(
     if report.verdict is Verdict.READY:
         result.after = report
         return result
-    plan = _plan(checkpoint, report)
+    plan = _plan(adopt_unindexed_mtp(checkpoint)[0], report)
     result.actions = plan.actions
     result.files = sorted([*plan.shards, *plan.json_files], key=_rename_rank)
     if dry_run:

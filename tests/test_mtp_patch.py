@@ -7,6 +7,7 @@ model's mtp.layers.0.mlp.down_proj packs to exactly a packed mtp.fc's shapes.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -377,3 +378,21 @@ def test_fused_siblings_stored_differently_are_impossible(quantized: Path, tmp_p
     assert qtui(["mtp", "inspect", str(checkpoint)]) == 2
     assert qtui(["mtp", "patch", str(checkpoint)]) == 2
     assert {path.name: path.read_bytes() for path in checkpoint.iterdir()} == before
+
+
+def test_an_mtp_shard_left_out_of_the_index_is_adopted(quantized: Path, tmp_path: Path) -> None:
+    checkpoint = _copy(quantized, tmp_path / "ckpt")
+    assert qtui(["mtp", "patch", str(checkpoint), "--no-backup"]) == 0
+    index_path = checkpoint / "model.safetensors.index.json"
+    ready_index = json.loads(index_path.read_text())
+    index = copy.deepcopy(ready_index)
+    index["weight_map"] = {k: v for k, v in index["weight_map"].items() if v != EXTRA}
+    index_path.write_text(json.dumps(index))
+
+    report = diagnose_checkpoint(checkpoint)
+    assert report.verdict is Verdict.FIXABLE, report.reason
+    assert report.adopted_files == [EXTRA] and report.mtp_tensors > 0
+    assert report.reason.startswith(f"{EXTRA} holds mtp.* tensors the index does not list")
+    assert qtui(["mtp", "patch", str(checkpoint), "--no-backup"]) == 0
+    assert diagnose_checkpoint(checkpoint).verdict is Verdict.READY
+    assert json.loads(index_path.read_text()) == ready_index
