@@ -27,7 +27,7 @@ from backend.transcripts import Conversation
 from tests.chat_sse_source import SSESource, scripted_reply
 from tests.conftest import RunningServer, free_port
 from tui import gc_pause
-from tui.widgets.chat import ChatPane, ReplyTurn
+from tui.widgets.chat import ChatPane, ReplyTurn, UserTurn
 from tui.widgets.streamed_markdown import FoldedPart, SealedParts
 
 SIZE = (80, 24)
@@ -298,3 +298,28 @@ def test_snapshot_finished_exchange_reasoning_collapsed(snap_compare: Any) -> No
         await pilot.pause()
 
     assert snap_compare(SnapshotHost(), terminal_size=SIZE, run_before=run_before)
+
+
+async def test_pick_a_message_with_arrows_and_copy_it() -> None:
+    async with SSESource(scripted_reply("fine thanks")) as source:
+        app = Host(ChatPane(source.url))
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("ctrl+y")
+            assert app.clipboard == "", "nothing to copy before the first reply"
+            for prompt in ("first question", "second question"):
+                await pilot.press(*prompt, "enter")
+                await until(pilot, lambda: not app.pane.streaming and bool(app.finished))
+            await pilot.press("ctrl+y")
+            assert app.clipboard == "fine thanks"  # nothing picked: the last reply
+            await pilot.press("up", "up", "ctrl+y")
+            assert app.clipboard == "second question"
+            picked = app.query(".-picked")
+            assert len(picked) == 1 and isinstance(picked.first(), UserTurn)
+            await pilot.press("up", "up", "up", "ctrl+y")  # past the first: stays there
+            assert app.clipboard == "first question"
+            await pilot.press("down", "ctrl+y")
+            assert app.clipboard == "fine thanks"
+            await pilot.press("down", "down", "down")  # past the newest: nothing picked
+            assert len(app.query(".-picked")) == 0
+            await pilot.press(*"/copy", "enter")
+            assert app.clipboard == "fine thanks"

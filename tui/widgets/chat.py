@@ -79,6 +79,7 @@ class UserTurn(Static):
     def __init__(self, message: TranscriptMessage) -> None:
         attached = "".join(f"\n📎 {Path(image).name}" for image in message.images)
         super().__init__(message.content + attached, markup=False, classes="user-turn")
+        self.text = message.content
 
 
 class ToolCallBlock(Static):
@@ -102,6 +103,7 @@ class ReplyTurn(Vertical):
         self._pending_body: list[str] = []
         self._pending_reasoning: list[str] = []
         self._tool_blocks: dict[int, ToolCallBlock] = {}
+        self._message: TranscriptMessage | None = None
 
     def compose(self) -> ComposeResult:
         with Collapsible(title="Reasoning", collapsed=False, classes="reasoning"):
@@ -113,6 +115,11 @@ class ReplyTurn(Vertical):
     def on_mount(self) -> None:
         self.query_one(".reasoning", Collapsible).display = False
         self._drain_timer = self.set_interval(self.FRAME_S, self._drain, pause=True)
+
+    @property
+    def text(self) -> str:
+        """The reply as saved once finished; while streaming, what has arrived so far."""
+        return self._message.content if self._message is not None else self.body.text
 
     @property
     def body(self) -> StreamedMarkdown:
@@ -157,6 +164,7 @@ class ReplyTurn(Vertical):
 
         Parts sealed while streaming stay as they are: no re-render of the whole reply.
         """
+        self._message = message
         self._drain_timer.stop()
         self._pending_body.clear()
         self._pending_reasoning.clear()
@@ -223,8 +231,13 @@ class ChatPane(Vertical):
         Binding("escape", "stop", "Stop", id="chat.stop", tooltip="Stop the reply being written"),
         Binding("ctrl+n", "new_conversation", "New chat", id="chat.new",
                 tooltip="Start a new conversation"),
-        Binding("ctrl+y", "copy_last", "Copy reply", id="chat.copy",
-                tooltip="Copy the last reply to the clipboard (OSC 52, works over SSH)"),
+        Binding("ctrl+y", "copy", "Copy", id="chat.copy",
+                tooltip="Copy the mouse selection, else the picked message, else the last "
+                        "reply (OSC 52: works over SSH)"),
+        Binding("up", "pick(-1)", "Pick earlier", id="chat.pick_earlier", show=False,
+                tooltip="Pick an earlier message to copy (ctrl+y)"),
+        Binding("down", "pick(1)", "Pick later", id="chat.pick_later", show=False,
+                tooltip="Pick a later message; past the last one, back to the newest"),
         Binding("ctrl+o", "history", "History", id="chat.history",
                 tooltip="Reopen a past conversation"),
     ]  # fmt: skip
@@ -241,6 +254,7 @@ class ChatPane(Vertical):
     ChatPane .tool-calls { height: auto; }
     ChatPane .tool-call { border: round $secondary; padding: 0 1; }
     ChatPane .reply-stats { color: $text-muted; }
+    ChatPane .user-turn.-picked, ChatPane .reply-turn.-picked { background: $accent 25%; }
     ChatPane #chat-settings { height: 1; color: $text-muted; padding: 0 1; }
     ChatPane #chat-input { height: 3; }
     """
@@ -295,6 +309,7 @@ class ChatPane(Vertical):
         """Times replies; tests pass a fixed clock for deterministic stats."""
         self._holding_gc = False
         self._typed_at = 0.0
+        self._picked: UserTurn | ReplyTurn | None = None
 
     def compose(self) -> ComposeResult:
         yield VerticalScroll(id="chat-log")
@@ -350,6 +365,7 @@ class ChatPane(Vertical):
     # -- conversation -------------------------------------------------------
     async def _show_conversation(self) -> None:
         log = self.query_one("#chat-log", VerticalScroll)
+        self._picked = None
         await log.remove_children()
         for message in self.conversation.messages:
             if message.role == "user":
@@ -394,13 +410,47 @@ class ChatPane(Vertical):
     def action_stop(self) -> None:
         self.workers.cancel_group(self, "chat")
 
-    def action_copy_last(self) -> None:
-        for message in reversed(self.conversation.messages):
-            if message.role == "assistant" and message.content:
-                self.app.copy_to_clipboard(message.content)
-                self.notify(f"Copied {len(message.content)} characters")
+    def _turns(self) -> list[UserTurn | ReplyTurn]:
+        log = self.query_one("#chat-log", VerticalScroll)
+        return [child for child in log.children if isinstance(child, UserTurn | ReplyTurn)]
+
+    def action_pick(self, step: int) -> None:
+        """Move the picked message up or down the conversation (ctrl+y copies it)."""
+        turns = self._turns()
+        if self._picked in turns:
+            index = turns.index(self._picked) + step
+        elif step < 0 and turns:
+            index = len(turns) - 1
+        else:
+            return
+        self._pick(turns[max(index, 0)] if index < len(turns) else None)
+
+    def _pick(self, turn: UserTurn | ReplyTurn | None) -> None:
+        if self._picked is not None:
+            self._picked.remove_class("-picked")
+        self._picked = turn
+        log = self.query_one("#chat-log", VerticalScroll)
+        if turn is None:
+            log.scroll_end(animate=False)
+            log.anchor()
+            return
+        turn.add_class("-picked")
+        log.scroll_to_widget(turn, animate=False, top=True)
+
+    def action_copy(self) -> None:
+        selected = self.screen.get_selected_text()
+        if selected:
+            text, what = selected, "the selection"
+        elif self._picked is not None and self._picked.is_attached:
+            text, what = self._picked.text, "the picked message"
+        else:
+            replies = [m for m in self.conversation.messages if m.role == "assistant" and m.content]
+            if not replies:
+                self.notify("No reply to copy yet", severity="warning")
                 return
-        self.notify("No reply to copy yet", severity="warning")
+            text, what = replies[-1].content, "the last reply"
+        self.app.copy_to_clipboard(text)
+        self.notify(f"Copied {what}: {len(text)} characters")
 
     # -- input ----------------------------------------------------------------
     @on(Input.Submitted, "#chat-input")
@@ -423,6 +473,7 @@ class ChatPane(Vertical):
         images = [str(image) for image in self.settings.images]
         self.settings.images.clear()
         message = self.conversation.add_user(text, images)
+        self._pick(None)
         log = self.query_one("#chat-log", VerticalScroll)
         turn = ReplyTurn()
         await log.mount_all([UserTurn(message), turn])
@@ -467,7 +518,7 @@ class ChatPane(Vertical):
             image_data_url(path)  # raises ValueError for something that is not an image
             settings.images.append(path)
         elif name == "/copy":
-            self.action_copy_last()
+            self.action_copy()
         elif name == "/history":
             self.action_history()
         elif name == "/model":
