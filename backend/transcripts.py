@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from backend import paths
-from backend.chat import image_data_url
+from backend.chat import ReplyAccumulator, image_data_url
 
 FLUSH_INTERVAL_S = 0.1
 FLUSH_CHARS = 4096
@@ -291,6 +291,19 @@ class ReplyWriter:
                 record[key] = value
         self.conversation._append(record, sync=True)
         return message
+
+    def finish_reply(self, reply: ReplyAccumulator, *, cancelled: bool = False) -> Message:
+        """End the transcript's reply from what the stream gave: complete, cancelled
+        (the user stopped it) or interrupted (the stream failed; its error kept)."""
+        status = "cancelled" if cancelled else "interrupted" if reply.error else "complete"
+        return self.finish(
+            status,
+            error=reply.error,
+            finish_reason=reply.finish_reason,
+            usage=vars(reply.usage) if reply.usage else None,
+            stats=reply.stats.to_json(),
+            tool_calls=[vars(call) for call in reply.tool_calls.values()],
+        )
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:

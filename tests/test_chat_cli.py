@@ -9,6 +9,7 @@ import sys
 import httpx
 import pytest
 
+from backend.transcripts import Conversation, list_conversations
 from tests.chat_sse_source import SSESource, scripted_reply
 from tests.conftest import REPO, RunningServer, free_port
 from tui.cli import main
@@ -53,6 +54,22 @@ def test_json_output(vllm_server: RunningServer, capsys: pytest.CaptureFixture[s
     assert out["usage"]["completion_tokens"] == 5 and out["finish_reason"] == "length"
     assert set(out) >= {"text", "reasoning", "usage", "stats"}
     assert out["stats"]["tokens_per_s"] > 0
+    # Saved like a panel conversation: the history (ctrl+o) lists it.
+    saved = Conversation.open(out["conversation"])
+    assert [(m.role, m.status) for m in saved.messages] == [
+        ("user", "complete"), ("assistant", "complete"),
+    ]  # fmt: skip
+    assert saved.messages[0].content == "Hi" and saved.messages[1].content == out["text"]
+    assert saved.messages[1].usage == out["usage"]
+
+
+def test_no_save_keeps_no_transcript(
+    vllm_server: RunningServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["chat", "Hi", "--url", vllm_server.url, "--max-tokens", "2", "--no-save", "--json"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["conversation"] is None
+    assert list_conversations() == []
 
 
 def test_default_url_is_the_server_qtui_runs(

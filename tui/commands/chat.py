@@ -2,7 +2,8 @@
 
 The reply text alone goes to stdout as it streams (pipe-friendly); the stats
 line goes to stderr. `--json` prints one object instead. No system prompt is
-sent unless `--system` gives one.
+sent unless `--system` gives one. The exchange is saved as a conversation (the
+panel's history, ctrl+o, lists it) unless `--no-save`.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ from backend.chat import (
     ChatClient,
     ChatOptions,
     ContentDelta,
+    ReasoningDelta,
     ReplyAccumulator,
     build_messages,
     default_server,
     user_message,
 )
+from backend.transcripts import Conversation, ReplyWriter
 from tui.cli import CommandError
 
 
@@ -45,6 +48,11 @@ def register(subparsers: Any) -> None:
     )
     chat.add_argument("--api-key-env", help="name of the environment variable holding the API key")
     chat.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    chat.add_argument(
+        "--no-save",
+        action="store_true",
+        help="keep no transcript (by default the panel's history lists the exchange)",
+    )
     chat.set_defaults(handler=cmd_chat)
 
 
@@ -69,7 +77,18 @@ def cmd_chat(args: Any) -> int:
         ignore_eos=args.ignore_eos,
     )
     messages = build_messages([user_message(args.prompt)], args.system)
-    reply = asyncio.run(_stream(url, args.model, api_key_env, messages, options, args.json))
+    conversation = None if args.no_save else Conversation.new(args.system)
+    writer = None
+    if conversation is not None:
+        conversation.add_user(args.prompt)
+        writer = conversation.start_reply(args.model)
+    try:
+        reply = asyncio.run(
+            _stream(url, args.model, api_key_env, messages, options, args.json, writer)
+        )
+    finally:
+        if conversation is not None:
+            conversation.close()
     if reply.error and not args.json:
         if reply.text:
             sys.stdout.write("\n")
@@ -85,6 +104,7 @@ def cmd_chat(args: Any) -> int:
                     "usage": vars(reply.usage) if reply.usage else None,
                     "stats": reply.stats.to_json(),
                     "error": reply.error,
+                    "conversation": conversation.id if conversation else None,
                 }
             )
         )
@@ -103,11 +123,26 @@ async def _stream(
     messages: list[dict[str, Any]],
     options: ChatOptions,
     quiet: bool,
+    writer: ReplyWriter | None,
 ) -> ReplyAccumulator:
+    """Stream the reply to stdout (unless `quiet`) and into the transcript's `writer`."""
     reply = ReplyAccumulator()
-    async with ChatClient(url, model=model, api_key_env=api_key_env) as client:
-        async for event in client.stream_reply(messages, options, reply):
-            if isinstance(event, ContentDelta) and not quiet:
-                sys.stdout.write(event.text)
-                sys.stdout.flush()
+    cancelled = False
+    try:
+        async with ChatClient(url, model=model, api_key_env=api_key_env) as client:
+            async for event in client.stream_reply(messages, options, reply):
+                if isinstance(event, ContentDelta):
+                    if writer is not None:
+                        writer.add_content(event.text)
+                    if not quiet:
+                        sys.stdout.write(event.text)
+                        sys.stdout.flush()
+                elif isinstance(event, ReasoningDelta) and writer is not None:
+                    writer.add_reasoning(event.text)
+    except asyncio.CancelledError:  # Ctrl-C: what arrived is kept, marked stopped
+        cancelled = True
+        raise
+    finally:
+        if writer is not None:
+            writer.finish_reply(reply, cancelled=cancelled)
     return reply

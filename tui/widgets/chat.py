@@ -577,7 +577,7 @@ class ChatPane(Vertical):
         conversation = self.conversation
         writer = conversation.start_reply(self.model)
         reply = ReplyAccumulator(clock=self.clock)
-        status = "complete"
+        cancelled = False
         try:
             target = self._target()
             if target is None:
@@ -598,19 +598,10 @@ class ChatPane(Vertical):
                 if self.model is None and client.model:
                     self.model = client.model
         except asyncio.CancelledError:
-            status = "cancelled"
+            cancelled = True
             raise
         finally:
-            if status == "complete" and reply.error:
-                status = "interrupted"
-            message = writer.finish(
-                status,
-                error=reply.error,
-                finish_reason=reply.finish_reason,
-                usage=vars(reply.usage) if reply.usage else None,
-                stats=reply.stats.to_json(),
-                tool_calls=[vars(call) for call in reply.tool_calls.values()],
-            )
+            message = writer.finish_reply(reply, cancelled=cancelled)
             try:
                 await turn.finish(message)
             finally:  # the pane must never stay "streaming" (Esc would do nothing)
