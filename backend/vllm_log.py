@@ -85,6 +85,19 @@ FATAL_PATTERNS: tuple[FatalPattern, ...] = (
         "out of GPU memory: lower max_model_len / max_num_seqs or gpu_memory_utilization",
     ),
     FatalPattern(
+        "missing_module",
+        # The raised form only: a warning quoting ModuleNotFoundError("...") is benign.
+        re.compile(r"ModuleNotFoundError: No module named '(?P<module>[^']+)'"),
+        "vLLM needs the Python module {module}, missing from its environment: "
+        "pip install {module} into the engine's venv",
+    ),
+    FatalPattern(
+        "arch_import_failed",
+        re.compile(r"Model architectures \[(?P<arch>[^\]]*)\] failed to be inspected"),
+        "vLLM could not import its code for {arch}: the traceback above this line in the "
+        "log names the cause",
+    ),
+    FatalPattern(
         "unsupported_arch",
         re.compile(r"Model architectures \[(?P<arch>[^\]]*)\] are not supported"),
         "this vLLM does not support architecture {arch}: upgrade vLLM or check the model",

