@@ -7,6 +7,7 @@ from pathlib import Path
 from backend.metrics import MetricsScraper, TelemetrySnapshot
 from backend.telemetry_checks import (
     Expected,
+    StartupReadout,
     TelemetryChecks,
     config_mismatches,
     parse_startup,
@@ -14,6 +15,7 @@ from backend.telemetry_checks import (
     startup_readout,
 )
 from tests.test_metrics import page
+from tui.screens.server import format_readout
 
 PREFIX = "(EngineCore_DP0 pid=812) INFO 11-29 18:01:02 [gpu_worker.py:298] "
 GPU_LOG = [
@@ -77,3 +79,15 @@ def test_startup_readout_from_gpu_lines() -> None:
 def test_startup_readout_without_lines_is_empty(tmp_path: Path) -> None:
     assert startup_readout(tmp_path / "missing.log").empty
     assert parse_startup(["nothing here", "\x1b[32mINFO\x1b[0m still nothing\r"]).empty
+
+
+def test_startup_readout_line_reads_well_for_tiny_and_large_models() -> None:
+    tiny = StartupReadout(0.0, 0.01, 0.25, 524_288, 1024.0, 512)
+    assert format_readout(tiny) == (
+        "loaded: model <0.01 GiB in 0.01 s · KV 0.25 GiB · 524,288 tok · 1,024x @512"
+    )
+    card = StartupReadout(15.26, 12.3, 4.2, 68_848, 3.2, 262_144)
+    assert format_readout(card) == (
+        "loaded: model 15.26 GiB in 12.3 s · KV 4.20 GiB · 68,848 tok · 3.2x @262,144"
+    )
+    assert format_readout(StartupReadout()) == ""

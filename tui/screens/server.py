@@ -27,18 +27,28 @@ from tui.widgets.telemetry import TelemetryPanel
 WIDE_LAYOUT_MIN_COLUMNS = 120
 
 
+def _gib(value: float) -> str:
+    # vLLM prints sizes rounded to 0.01 GiB: a tiny model reads 0.00.
+    return "<0.01 GiB" if value < 0.005 else f"{value:.2f} GiB"
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+
+
 def format_readout(readout: StartupReadout) -> str:
     parts = []
     if readout.model_load_gib is not None:
-        took = f" in {readout.model_load_s:.1f} s" if readout.model_load_s is not None else ""
-        parts.append(f"model {readout.model_load_gib:.2f} GiB{took}")
+        took = f" in {_seconds(readout.model_load_s)}" if readout.model_load_s is not None else ""
+        parts.append(f"model {_gib(readout.model_load_gib)}{took}")
     if readout.kv_cache_gib is not None:
-        parts.append(f"KV {readout.kv_cache_gib:.2f} GiB")
+        parts.append(f"KV {_gib(readout.kv_cache_gib)}")
     if readout.kv_cache_tokens is not None:
         parts.append(f"{readout.kv_cache_tokens:,} tok")
     if readout.max_concurrency is not None:
         per = f" @{readout.tokens_per_request:,}" if readout.tokens_per_request else ""
-        parts.append(f"{readout.max_concurrency:.1f}x{per}")
+        fits = readout.max_concurrency
+        parts.append(f"{fits:,.0f}x{per}" if fits >= 10 else f"{fits:.1f}x{per}")
     return "loaded: " + " · ".join(parts) if parts else ""
 
 
