@@ -1,8 +1,10 @@
 """Checks on the live telemetry that other panels do not make.
 
-- Silent MTP failure: speculative decoding runs, drafts are made, and almost
-  none is accepted. The server stays up and just gets slower; the usual cause
-  is an MTP head whose `mtp.fc` was quantized or dropped by the quantizer.
+- Silent drafter failure: speculative decoding runs, drafts are made, and
+  almost none is accepted. The server stays up and just gets slower; with MTP
+  the usual cause is an MTP head whose `mtp.fc` was quantized or dropped by the
+  quantizer, with a draft model one that does not match the target. (ngram and
+  suffix drafts are guesses from the text: a low rate there is not a fault.)
 - Running config vs requested: the KV-cache dtype the server reports, and
   whether spec-decode counters exist, against the profile that was launched.
 - Startup readout: what the server said about memory while loading.
@@ -42,11 +44,23 @@ class Expected:
         return cls(spec_method=record.spec or "off", kv_cache_dtype=record.kv_cache_dtype or "auto")
 
 
-def silent_mtp_failure(
+# Learned drafters, which should agree with the target most of the time, and
+# what makes one accept nothing.
+_DEAD_DRAFTER_CAUSE = {
+    "mtp": "the MTP head is likely quantized or missing mtp.fc; run `qtui mtp inspect` "
+    "on the checkpoint",
+    "draft_model": "the draft model does not match the target (another tokenizer, family "
+    "or fine-tune?)",
+    "eagle3": "the EAGLE-3 head does not match the target (trained for another model?)",
+}
+
+
+def silent_drafter_failure(
     snap: TelemetrySnapshot, spec_method: str, min_drafts: int = MIN_DRAFTS_FOR_VERDICT
 ) -> str | None:
-    """A warning when MTP drafts over the window are (almost) never accepted."""
-    if spec_method != "mtp" or not snap.spec_decode or snap.drafts is None:
+    """A warning when a learned drafter's drafts over the window are (almost) never accepted."""
+    cause = _DEAD_DRAFTER_CAUSE.get(spec_method)
+    if cause is None or not snap.spec_decode or snap.drafts is None:
         return None
     if snap.drafts < min_drafts:
         return None
@@ -54,10 +68,10 @@ def silent_mtp_failure(
     length = snap.mean_acceptance_length or 1.0
     if rate > DEAD_ACCEPTANCE_RATE and length > DEAD_MEAN_LENGTH:
         return None
+    name = "MTP" if spec_method == "mtp" else spec_method
     return (
-        f"MTP is on but accepts almost nothing ({rate:.1%} of draft tokens, mean length "
-        f"{length:.2f} over {snap.drafts:.0f} drafts): the MTP head is likely quantized or "
-        "missing mtp.fc; run `qtui mtp inspect` on the checkpoint"
+        f"{name} is on but accepts almost nothing ({rate:.1%} of draft tokens, mean length "
+        f"{length:.2f} over {snap.drafts:.0f} drafts): {cause}"
     )
 
 
@@ -102,9 +116,9 @@ class TelemetryChecks:
 
     def __call__(self, snap: TelemetrySnapshot) -> list[str]:
         warnings = config_mismatches(snap, self.expected)
-        mtp = silent_mtp_failure(snap, self.expected.spec_method, self.min_drafts)
-        if mtp:
-            warnings.insert(0, mtp)
+        dead_drafter = silent_drafter_failure(snap, self.expected.spec_method, self.min_drafts)
+        if dead_drafter:
+            warnings.insert(0, dead_drafter)
         return warnings
 
 

@@ -11,7 +11,7 @@ from backend.telemetry_checks import (
     TelemetryChecks,
     config_mismatches,
     parse_startup,
-    silent_mtp_failure,
+    silent_drafter_failure,
     startup_readout,
 )
 from tests.test_metrics import page
@@ -32,19 +32,21 @@ def spec_snapshot(drafts: float, accepted: float, draft_tokens: float) -> Teleme
     return scraper.ingest(page(gen=drafts, spec=(drafts, draft_tokens, accepted)), at=10.0)
 
 
-def test_silent_mtp_failure_fires_on_dead_acceptance_with_enough_drafts() -> None:
+def test_silent_drafter_failure_fires_on_dead_acceptance_with_enough_drafts() -> None:
     dead = spec_snapshot(drafts=200, accepted=0, draft_tokens=400)
-    warning = silent_mtp_failure(dead, "mtp")
+    warning = silent_drafter_failure(dead, "mtp")
     assert warning is not None
     assert "mtp.fc" in warning and "qtui mtp inspect" in warning
     assert "200 drafts" in warning
 
 
-def test_silent_mtp_failure_stays_quiet_when_it_should() -> None:
-    assert silent_mtp_failure(spec_snapshot(200, 150, 400), "mtp") is None  # healthy
-    assert silent_mtp_failure(spec_snapshot(5, 0, 10), "mtp") is None  # too few drafts
-    assert silent_mtp_failure(spec_snapshot(200, 0, 400), "ngram") is None  # not MTP
-    assert silent_mtp_failure(spec_snapshot(200, 3, 400), "mtp") is not None  # ~1.01 length
+def test_silent_drafter_failure_stays_quiet_when_it_should() -> None:
+    assert silent_drafter_failure(spec_snapshot(200, 150, 400), "mtp") is None  # healthy
+    assert silent_drafter_failure(spec_snapshot(5, 0, 10), "mtp") is None  # too few drafts
+    assert (
+        silent_drafter_failure(spec_snapshot(200, 0, 400), "ngram") is None
+    )  # ngram guesses: a low rate is no fault
+    assert silent_drafter_failure(spec_snapshot(200, 3, 400), "mtp") is not None  # ~1.01 length
 
 
 def test_config_mismatch_on_kv_dtype_and_spec_presence() -> None:
@@ -91,3 +93,12 @@ def test_startup_readout_line_reads_well_for_tiny_and_large_models() -> None:
         "loaded: model 15.26 GiB in 12.3 s · KV 4.20 GiB · 68,848 tok · 3.2x @262,144"
     )
     assert format_readout(StartupReadout()) == ""
+
+
+def test_each_learned_drafter_names_its_own_cause() -> None:
+    dead = spec_snapshot(drafts=200, accepted=0, draft_tokens=400)
+    draft = silent_drafter_failure(dead, "draft_model")
+    eagle = silent_drafter_failure(dead, "eagle3")
+    assert draft is not None and draft.startswith("draft_model is on") and "mtp.fc" not in draft
+    assert eagle is not None and "EAGLE-3 head" in eagle
+    assert silent_drafter_failure(dead, "suffix") is None
