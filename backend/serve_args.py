@@ -174,6 +174,27 @@ def _parse_spec_json(text: str) -> None:
         raise LaunchRefused('--speculative-config must be a JSON object with a "method" key')
 
 
+def _checked_draft(profile: ServeProfile) -> ServeProfile:
+    """draft_model / eagle3 need a draft checkpoint; a local one must exist (made absolute)."""
+    spec = profile.speculative
+    if spec.method not in ("draft_model", "eagle3"):
+        return profile
+    if not spec.draft_model:
+        raise LaunchRefused(
+            f"{spec.method} needs a draft checkpoint: set speculative.draft_model (e to edit)"
+        )
+    draft_path = Path(spec.draft_model).expanduser()
+    if not (spec.draft_model.startswith((".", "/", "~")) or draft_path.exists()):
+        return profile  # a hub name: vLLM resolves it
+    if not (draft_path / "config.json").is_file():
+        raise LaunchRefused(
+            f"draft model {spec.draft_model} is not a checkpoint directory (no config.json): "
+            "fix speculative.draft_model"
+        )
+    absolute = spec.model_copy(update={"draft_model": str(draft_path.resolve())})
+    return profile.model_copy(update={"speculative": absolute})
+
+
 def plan_launch(profile: ServeProfile, engine: Engine, *, check_port: bool = True) -> LaunchPlan:
     """Validate `profile` against this machine and the installed vLLM."""
     notes: list[str] = []
@@ -198,6 +219,7 @@ def plan_launch(profile: ServeProfile, engine: Engine, *, check_port: bool = Tru
             f"MTP requested but {profile.model} has no mtp.* tensors (the quantizer dropped "
             "them or the model has no MTP head): run `qtui mtp inspect`, or set spec to off/ngram"
         )
+    profile = _checked_draft(profile)
     if profile.enable_auto_tool_choice and not profile.tool_call_parser:
         raise LaunchRefused("enable_auto_tool_choice needs tool_call_parser (e.g. qwen3_xml)")
     check_extra_args(profile.extra_args)

@@ -123,3 +123,19 @@ def test_masked_command_hides_secret_values() -> None:
 def test_profile_rejects_api_key_in_env_table() -> None:
     with pytest.raises(ValueError, match="api_key_env"):
         ServeProfile(model="m", env={"VLLM_API_KEY": "x"})
+
+
+def test_a_draft_drafter_needs_an_existing_draft_checkpoint(
+    tiny_model: Path, tmp_path: Path, engine: Engine
+) -> None:
+    def with_draft(draft: str | None) -> ServeProfile:
+        spec = SpeculativeSettings(method="draft_model", draft_model=draft)
+        return cpu_profile(str(tiny_model)).model_copy(update={"speculative": spec})
+
+    with pytest.raises(LaunchRefused, match="needs a draft checkpoint"):
+        plan_launch(with_draft(None), engine, check_port=False)
+    with pytest.raises(LaunchRefused, match=r"no config\.json"):
+        plan_launch(with_draft(str(tmp_path)), engine, check_port=False)
+    plan = plan_launch(with_draft(str(tiny_model)), engine, check_port=False)
+    spec = json.loads(plan.argv[plan.argv.index("--speculative-config") + 1])
+    assert spec["method"] == "draft_model" and spec["model"] == str(tiny_model.resolve())
