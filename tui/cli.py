@@ -73,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("qtui: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:
+        # A path that cannot be read or written (permissions, full disk, no such
+        # folder): the filesystem's own words are the clearest reason.
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"qtui: {error.strerror or error}{where}", file=sys.stderr)
+        return 1
 
 
 def _open_panel(args: argparse.Namespace) -> int:

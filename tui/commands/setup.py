@@ -11,6 +11,7 @@ from typing import Any
 from backend.config import cpu_profile, load_settings, save_user_config
 from backend.paths import config_file
 from backend.tinymodel import build_tiny_model
+from tui.cli import CommandError
 
 
 def register(subparsers: Any) -> None:
@@ -32,7 +33,12 @@ def register(subparsers: Any) -> None:
 
 def cmd_tiny_model(args: argparse.Namespace) -> int:
     started = time.monotonic()
-    out = build_tiny_model(args.dir, seed=args.seed)
+    try:
+        out = build_tiny_model(args.dir, seed=args.seed)
+    except OSError as error:
+        raise CommandError(
+            f"cannot write a model to {args.dir}: {error.strerror or error}"
+        ) from None
     print(f"qtui: tiny model at {out} ({time.monotonic() - started:.1f} s)", file=sys.stderr)
     return 0
 
