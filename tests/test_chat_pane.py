@@ -323,3 +323,22 @@ async def test_pick_a_message_with_arrows_and_copy_it() -> None:
             assert len(app.query(".-picked")) == 0
             await pilot.press(*"/copy", "enter")
             assert app.clipboard == "fine thanks"
+
+
+async def test_a_reply_to_the_server_qtui_runs_is_timed_for_the_spec_comparison(
+    vllm_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QTUI_STATE_DIR", str(vllm_server.state_dir))
+    app = Host(ChatPane())  # no URL: the server qtui runs
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(*"/max 40", "enter", *"/ignore_eos on", "enter")
+        await pilot.press(*"Count with me", "enter")
+        await until(pilot, lambda: bool(app.finished))
+        finished = app.finished[-1]
+        assert finished.message.status == "complete", finished.message.error
+        speed = finished.speed
+        assert speed is not None and speed.running == "off"
+        timed = speed.settings["off"]
+        assert timed.replies >= 1 and timed.median_tps > 0
+        # With spec off and nothing timed with it on, the line says what to do.
+        assert speed.speedup is None and "chat with spec on too" in speed.describe()

@@ -23,6 +23,7 @@ from backend.chat import (
     default_server,
     user_message,
 )
+from backend.speed_ledger import record_reply
 from backend.transcripts import Conversation, ReplyWriter
 from tui.cli import CommandError
 
@@ -89,6 +90,9 @@ def cmd_chat(args: Any) -> int:
     finally:
         if conversation is not None:
             conversation.close()
+    speed = None
+    if reply.error is None:
+        speed = record_reply(url, reply.stats.tokens_per_s, reply.stats.completion_tokens)
     if reply.error and not args.json:
         if reply.text:
             sys.stdout.write("\n")
@@ -105,12 +109,15 @@ def cmd_chat(args: Any) -> int:
                     "stats": reply.stats.to_json(),
                     "error": reply.error,
                     "conversation": conversation.id if conversation else None,
+                    "speed": speed.to_json() if speed else None,
                 }
             )
         )
         return 1 if reply.error else 0
     sys.stdout.write("\n")
     summary = reply.stats.summary()
+    if speed is not None and speed.speedup is not None:
+        summary += f" · {speed.speedup:.2f}x vs spec off"
     if summary:
         print(summary, file=sys.stderr)
     return 0

@@ -174,6 +174,7 @@ def status_json(status: ServerStatus) -> dict[str, Any]:
 
     Null unless the server is ready; `telemetry.startup` is the log's startup readout.
     """
+    from backend.speed_ledger import SpeedLedger
     from backend.telemetry_checks import scraper_for, startup_readout
 
     data = status.to_json()
@@ -184,6 +185,7 @@ def status_json(status: ServerStatus) -> dict[str, Any]:
             time.sleep(1.0)
             telemetry = scraper.scrape().to_json()
         telemetry["startup"] = startup_readout(Path(status.record.log_path)).to_json()
+        telemetry["speed"] = SpeedLedger().comparison(status.record).to_json()
         data["telemetry"] = telemetry
     return data
 

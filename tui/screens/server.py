@@ -16,7 +16,8 @@ from textual.widgets import Footer, Input, Static, TabbedContent, TabPane, Tabs
 
 from backend.config import ServeProfile
 from backend.mtp_doctor import Report, Verdict
-from backend.supervisor import Phase
+from backend.speed_ledger import SpeedLedger, spec_label
+from backend.supervisor import Phase, ServerStatus
 from backend.telemetry_checks import StartupReadout, parse_startup
 from tui.messages import ServerLogLines, ServerStatusPolled, TelemetrySampled
 from tui.widgets.chat import ChatPane
@@ -87,6 +88,8 @@ class ServerScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self._readout = StartupReadout()
+        self._speed_key: tuple[str, str, str] | None = None
+        """Which server's speed comparison is shown (re-read when another runs)."""
 
     def compose(self) -> ComposeResult:
         yield ServerStatusBar(id="status-bar")
@@ -139,9 +142,27 @@ class ServerScreen(Screen[None]):
         for panel in self.query(TelemetryPanel):
             panel.update_snapshot(message.snapshot, message.gpu)
 
+    @on(ChatPane.ReplyFinished)
+    def show_speed_after_reply(self, message: ChatPane.ReplyFinished) -> None:
+        if message.speed is not None:
+            for panel in self.query(TelemetryPanel):
+                panel.update_speed(message.speed)
+
+    def _show_speed_of(self, status: ServerStatus) -> None:
+        """The ledger's comparison for the server now running (read when that changes)."""
+        record = status.record if status.phase.is_up else None
+        key = None if record is None else (record.profile_name, record.url, spec_label(record))
+        if key == self._speed_key:
+            return
+        self._speed_key = key
+        speed = None if record is None else SpeedLedger().comparison(record)
+        for panel in self.query(TelemetryPanel):
+            panel.update_speed(speed)
+
     @on(ServerStatusPolled)
     def show_status(self, message: ServerStatusPolled) -> None:
         status = message.status
+        self._show_speed_of(status)
         self.query_one(ServerStatusBar).status = status
         reason = self.query_one("#status-reason", Static)
         text = status.reason if status.phase == Phase.FAILED and status.reason else ""

@@ -44,6 +44,7 @@ from backend.chat import (
     default_server,
     image_data_url,
 )
+from backend.speed_ledger import SpeedComparison, record_reply
 from backend.transcripts import Conversation, list_conversations
 from backend.transcripts import Message as TranscriptMessage
 from tui import gc_pause
@@ -178,6 +179,13 @@ class ReplyTurn(Vertical):
             await self.show_tool_call(index, call)
         self.query_one(".reply-stats", Static).update(stats_line(message))
 
+    def show_speedup(self, speed: SpeedComparison | None) -> None:
+        """Add how this spec setting compares with spec off, once both have been timed."""
+        if speed is None or speed.speedup is None or self._message is None:
+            return
+        line = f"{stats_line(self._message)} · {speed.speedup:.2f}x vs spec off"
+        self.query_one(".reply-stats", Static).update(line)
+
 
 def stats_line(message: TranscriptMessage) -> str:
     stats = message.stats or {}
@@ -276,10 +284,17 @@ class ChatPane(Vertical):
     class ReplyFinished(Message):
         """A reply ended (complete, cancelled or interrupted)."""
 
-        def __init__(self, pane: ChatPane, message: TranscriptMessage) -> None:
+        def __init__(
+            self,
+            pane: ChatPane,
+            message: TranscriptMessage,
+            speed: SpeedComparison | None = None,
+        ) -> None:
             super().__init__()
             self.pane = pane
             self.message = message
+            self.speed = speed
+            """Spec on vs off speeds, when the reply counted toward them (see speed_ledger)."""
 
         @property
         def control(self) -> ChatPane:
@@ -578,12 +593,14 @@ class ChatPane(Vertical):
         writer = conversation.start_reply(self.model)
         reply = ReplyAccumulator(clock=self.clock)
         cancelled = False
+        served_by: str | None = None
         try:
             target = self._target()
             if target is None:
                 reply.error = "no server: start one (s) or set /url"
                 return
             url, key_env = target
+            served_by = url
             async with ChatClient(url, model=self.model, api_key_env=key_env) as client:
                 async for event in client.stream_reply(messages, options, reply):
                     if isinstance(event, ContentDelta):
@@ -602,11 +619,20 @@ class ChatPane(Vertical):
             raise
         finally:
             message = writer.finish_reply(reply, cancelled=cancelled)
+            speed = None
             try:
                 await turn.finish(message)
+                if message.status == "complete" and served_by is not None:
+                    speed = await asyncio.to_thread(
+                        record_reply,
+                        served_by,
+                        reply.stats.tokens_per_s,
+                        reply.stats.completion_tokens,
+                    )
+                    turn.show_speedup(speed)
             finally:  # the pane must never stay "streaming" (Esc would do nothing)
                 self.streaming = False
-                self.post_message(self.ReplyFinished(self, message))
+                self.post_message(self.ReplyFinished(self, message, speed))
 
 
 def _number(text: str, kind: type[float] | type[int], what: str, low: float, high: float) -> Any:

@@ -15,6 +15,7 @@ from textual.widgets import Digits, Sparkline, Static
 
 from backend.gpu import GpuSample, no_gpu_text
 from backend.metrics import TelemetrySnapshot
+from backend.speed_ledger import SpeedComparison
 
 GIB = 1 << 30
 MAX_GPU_ROWS = 4
@@ -93,6 +94,27 @@ def load_lines(snap: TelemetrySnapshot, muted: bool = False) -> str:
     )
 
 
+def speed_lines(speed: SpeedComparison | None) -> str:
+    """Spec on vs off from the user's own chat replies (backend.speed_ledger)."""
+    if speed is None:
+        return ""
+    off = speed.settings.get("off")
+    if speed.speedup is not None and off is not None:
+        on = speed.settings[speed.running]
+        return (
+            f"gain [b]{speed.speedup:.2f}x[/] {escape(speed.running)} vs off\n"
+            f"[$text-muted]{on.median_tps:.1f} vs {off.median_tps:.1f} tok/s, "
+            f"{on.replies}+{off.replies} replies[/]"
+        )
+    timed = ", ".join(f"{escape(s.label)} {s.median_tps:.1f}" for s in speed.settings.values())
+    missing = "on" if speed.running == "off" else "off"
+    return (
+        f"[$text-muted]gain -  chat with spec {missing} (m) too"
+        + (f"\ntimed: {timed} tok/s" if timed else "")
+        + "[/]"
+    )
+
+
 class TelemetryPanel(Vertical):
     """Live figures of one server. Feed it with `update_snapshot` and `update_gpu`."""
 
@@ -135,11 +157,19 @@ class TelemetryPanel(Vertical):
         yield Sparkline([], id="telemetry-tps-spark")
         yield Static("", id="telemetry-spec")
         yield Sparkline([], id="telemetry-accept-spark")
+        yield Static("", id="telemetry-speed")
         yield Static("", id="telemetry-load")
         yield Static("[$text-muted]waiting for /metrics[/]", id="telemetry-warnings")
 
     def on_mount(self) -> None:
         self.add_class("-no-spec")
+        self.query_one("#telemetry-speed", Static).display = False
+
+    def update_speed(self, speed: SpeedComparison | None) -> None:
+        """Show how the running spec setting compares with spec off (None hides it)."""
+        widget = self.query_one("#telemetry-speed", Static)
+        widget.update(speed_lines(speed))
+        widget.display = speed is not None
 
     def update_gpu(self, sample: GpuSample | None) -> None:
         """Show a GPU sample (the App's GPU worker calls this)."""
