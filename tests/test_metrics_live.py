@@ -124,24 +124,30 @@ def settled_counters(url: str) -> dict[str, float]:
 
 def test_generation_rate_matches_raw_counters_under_load(vllm_server: RunningServer) -> None:
     url = vllm_server.url
-    scraper = MetricsScraper(url, window_s=12.0)
+    scraper = MetricsScraper(url, window_s=120.0)
+    # The window opens and closes on a quiet server, so the scraper's reads and the
+    # test's raw reads see the same counters even when the machine is busy; only the
+    # few milliseconds between them differ, against a window of ~15 s.
+    settled_counters(url)
+    scraper.scrape()
+    started, before = timed_raw_counters(url)
     with streaming_load(url, streams=4):
         wait_until(lambda: raw_counters(url).get(RUNNING, 0) >= 2)
-        # Each raw read right after the scraper's, so both windows shift alike.
-        scraper.scrape()
-        started, before = timed_raw_counters(url)
-        for _ in range(12):
+        for _ in range(10):
             time.sleep(1.0)
-            snap = scraper.scrape()
-        ended, after = timed_raw_counters(url)
+            loaded = scraper.scrape()
+        assert loaded.running is not None and loaded.running >= 1
+    settled_counters(url)
+    snap = scraper.scrape()
+    ended, after = timed_raw_counters(url)
     expected = (after[GEN] - before[GEN]) / (ended - started)
     assert expected > 10, "the load did not generate tokens"
     assert not snap.stale
-    assert snap.window_s is not None and 11.9 < snap.window_s < 14
+    assert snap.window_s is not None and abs(snap.window_s - (ended - started)) < 0.5
     assert snap.generation_tps is not None
     assert abs(snap.generation_tps - expected) / expected < 0.03, (snap.generation_tps, expected)
-    assert snap.running is not None and snap.itl_mean_s is not None and snap.itl_mean_s > 0
-    assert len(snap.generation_tps_history) == 12
+    assert snap.itl_mean_s is not None and snap.itl_mean_s > 0
+    assert len(snap.generation_tps_history) >= 11
 
 
 def test_ngram_acceptance_matches_raw_counter_deltas(vllm_ngram_server: RunningServer) -> None:

@@ -69,16 +69,22 @@ def test_job_runs_to_completion_with_progress(
 
 def test_cancel_leaves_no_process(model_and_calib: tuple[Path, Path], tmp_path: Path) -> None:
     model, calib = model_and_calib
-    job = QuantizeJob.start(_spec(model, calib, tmp_path / "out", iters=200))
-    # Cancel once AutoRound is really working (the tuning loop), not while it imports.
-    while job.progress().phase not in (JobPhase.QUANTIZING, JobPhase.CALIBRATING):
-        assert job.is_running(), job.log_tail()[-2000:]
-        job.wait(timeout_s=0.5, poll_s=0.1)
-    pgid = job.record.pgid
-    attached = QuantizeJob.current()  # cancel from a re-attached view, as a later qtui would
-    assert attached is not None
-    progress = attached.cancel()
-    job.wait(timeout_s=10)
+    # Enough iterations to tune for minutes: the cancel must land mid-job even when
+    # a loaded machine reports the tuning phase late (200 iterations once finished first).
+    job = QuantizeJob.start(_spec(model, calib, tmp_path / "out", iters=20_000))
+    try:
+        # Cancel once AutoRound is really working (the tuning loop), not while it imports.
+        while job.progress().phase not in (JobPhase.QUANTIZING, JobPhase.CALIBRATING):
+            assert job.is_running(), job.log_tail()[-2000:]
+            job.wait(timeout_s=0.5, poll_s=0.1)
+        pgid = job.record.pgid
+        attached = QuantizeJob.current()  # cancel from a re-attached view, as a later qtui would
+        assert attached is not None
+        progress = attached.cancel()
+        job.wait(timeout_s=10)
+    finally:
+        if job.is_running():
+            job.cancel()
     assert progress.phase is JobPhase.CANCELLED
     assert not job.is_running()
     leftovers = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) == pgid]
