@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from textual.widgets import DataTable, Static
 
 from backend import paths
 from backend.config import ServeProfile, Settings, SpeculativeSettings
@@ -73,6 +74,13 @@ async def test_keymap_remaps_the_mtp_toggle(tmp_path: Path) -> None:
         assert isinstance(app.screen, HelpScreen)
         keys = {row[3]: row[1] for row in app.screen.rows}
         assert keys["toggle_spec"] == "ctrl+t"
+        # At 80 columns the table cuts long texts; the highlighted row is shown whole.
+        row = next(i for i, r in enumerate(app.screen.rows) if r[3] == "toggle_spec")
+        app.screen.query_one(DataTable).move_cursor(row=row)
+        await pilot.pause()
+        detail = str(app.screen.query_one("#help-detail", Static).render())
+        assert detail.startswith("ctrl+t (server): Switch speculative decoding")
+        assert detail.endswith("[id toggle_spec]")
 
 
 async def test_every_binding_has_an_id_and_a_tooltip(tmp_path: Path) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Label
+from textual.widgets import DataTable, Label, Static
 
 KEY_NAMES = {"question_mark": "?", "slash": "/", "escape": "esc"}
 
@@ -51,6 +52,16 @@ class HelpScreen(ModalScreen[None]):
             table.add_columns("where", "key", "what", "id")
             table.add_rows(self.rows)
             yield table
+            # A narrow terminal cuts the table's columns; the row under the cursor is
+            # also written out in full here, wrapped.
+            yield Static("", id="help-detail", markup=False)
 
     def on_mount(self) -> None:
         self.query_one(DataTable).focus()
+
+    @on(DataTable.RowHighlighted)
+    def _show_row(self, event: DataTable.RowHighlighted) -> None:
+        where, keys, what, binding_id = self.rows[event.cursor_row]
+        self.query_one("#help-detail", Static).update(
+            f"{keys} ({where}): {what}  [id {binding_id}]"
+        )
