@@ -7,12 +7,15 @@ import contextlib
 from pathlib import Path
 
 import httpx
+from textual import events
+from textual.widgets import Input
 
 from backend.config import Settings, cpu_profile
 from backend.engine import Engine
 from backend.supervisor import Phase, ServerSupervisor, group_members
 from tests.conftest import engine_spec, free_port
 from tui.app import CONTROL_GROUP, QtuiApp, make_app
+from tui.screens.confirm import ConfirmScreen
 from tui.widgets.status_bar import ServerStatusBar
 
 
@@ -72,7 +75,13 @@ async def test_start_toggle_stop_by_keys_at_80x24(
         text = await bar_shows(app, Phase.READY)
         assert "spec ngram" in text
 
-        await pilot.press("x")
+        await pilot.press("x")  # a running server asks first; n keeps it
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        await pilot.pause()
+        assert sup.status().phase == Phase.READY and sup.load_record() == second
+        await pilot.press("x", "y")
         await finish_control(app)
         assert sup.status().phase == Phase.STOPPED
         assert group_members(second.pgid) == []
@@ -110,3 +119,17 @@ async def test_failed_start_shows_the_reason(
 async def _settle(worker: object) -> None:
     with contextlib.suppress(Exception):
         await worker.wait()  # type: ignore[attr-defined]
+
+
+async def test_keys_typed_right_after_c_reach_the_chat_input(
+    tiny_model: Path, engine: Engine, tmp_path: Path
+) -> None:
+    app = build_app(tiny_model, engine, tmp_path / "state")
+    async with app.run_test(size=(80, 24)) as pilot:
+        server_screen = app.screen
+        # As a fast typist's terminal sends them: no pause between `c` and the text.
+        for key in "cexact cue":
+            app.post_message(events.Key("space" if key == " " else key, key))
+        await pilot.pause(0.2)
+        assert app.screen is server_screen, "`e` or `x` reached the screen's bindings"
+        assert server_screen.query_one("#chat-input", Input).value == "exact cue"

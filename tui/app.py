@@ -287,6 +287,22 @@ class QtuiApp(App[int]):
             self._with_mtp_checked(chosen[1], start)
 
     def action_stop_server(self) -> None:
+        status = self.supervisor.status()
+        record = status.record
+        if not status.phase.is_up or record is None:
+            self._stop_server(True)
+            return
+        # One stray `x` (typed after Esc left the chat input) must not drop a model
+        # that takes minutes to load: a running server is stopped after a yes.
+        question = (
+            f"Stop {record.profile_name} at {record.url} (pid {record.pid})? "
+            "Requests in flight are aborted; starting again reloads the model."
+        )
+        self.push_screen(ConfirmScreen(question, yes="Stop", no="Keep it"), self._stop_server)
+
+    def _stop_server(self, confirmed: bool | None) -> None:
+        if not confirmed:
+            return
         self.notify("Stopping the server…")
         self._run_control("stop", None)
 

@@ -75,7 +75,9 @@ class ServerScreen(Screen[None]):
                 tooltip="Quantize a model with AutoRound (W4A16) and fix its MTP head"),
         Binding("l", "show_tab('tab-log')", "Log", id="show_log",
                 tooltip="Show the server log", show=False),
-        Binding("c", "show_tab('tab-chat')", "Chat", id="show_chat",
+        # priority: handled as the key arrives, so what is typed right after it
+        # already finds the chat input focused (see check_action).
+        Binding("c", "show_tab('tab-chat')", "Chat", id="show_chat", priority=True,
                 tooltip="Chat with the running server (Esc leaves the input)"),
         Binding("t", "show_tab('tab-telemetry')", "Telemetry", id="show_telemetry", show=False,
                 tooltip="GPU memory, tok/s, acceptance (beside the log on wide terminals)"),
@@ -121,10 +123,16 @@ class ServerScreen(Screen[None]):
 
     @on(TabbedContent.TabActivated)
     def focus_tab_content(self, event: TabbedContent.TabActivated) -> None:
-        if event.pane.id == "tab-chat":
-            self.query_one("#chat-input", Input).focus()
-        elif event.pane.id == "tab-log":
-            self.query_one(ServerLogView).focus()
+        self._focus_tab(event.pane.id)
+
+    def _focus_tab(self, tab: str | None) -> None:
+        # set_focus now, not widget.focus() (which waits a turn): keys typed right
+        # after `c` must reach the chat input, not the screen's letter bindings
+        # (`e` would open the editor, `x` stop the server).
+        if tab == "tab-chat":
+            self.set_focus(self.query_one("#chat-input", Input))
+        elif tab == "tab-log":
+            self.set_focus(self.query_one(ServerLogView))
 
     def _apply_width(self, columns: int) -> None:
         wide = columns >= WIDE_LAYOUT_MIN_COLUMNS
@@ -194,8 +202,13 @@ class ServerScreen(Screen[None]):
         widget.update(format_readout(self._readout))
         widget.set_class(not self._readout.empty, "shown")
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # A priority key must still type into an input (the chat's, the log search).
+        return not (action == "show_tab" and isinstance(self.focused, Input))
+
     def action_show_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab
+        self._focus_tab(tab)
 
     def action_search_log(self) -> None:
         self.action_show_tab("tab-log")
