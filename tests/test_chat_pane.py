@@ -342,3 +342,17 @@ async def test_a_reply_to_the_server_qtui_runs_is_timed_for_the_spec_comparison(
         assert timed.replies >= 1 and timed.median_tps > 0
         # With spec off and nothing timed with it on, the line says what to do.
         assert speed.speedup is None and "chat with spec on too" in speed.describe()
+
+
+async def test_a_conversation_past_the_context_says_how_to_go_on(
+    vllm_server: RunningServer,
+) -> None:
+    app = Host(ChatPane(vllm_server.url))
+    async with app.run_test(size=SIZE) as pilot:
+        app.query_one("#chat-input", Input).value = "word " * 700  # the tiny server has 512
+        await pilot.press("enter")
+        await until(pilot, lambda: bool(app.finished))
+        reply = app.finished[-1].message
+        assert reply.status == "interrupted" and "maximum context length" in (reply.error or "")
+        await pilot.pause()
+        assert any("ctrl+n starts a new one" in n.message for n in app._notifications)

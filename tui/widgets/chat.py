@@ -619,6 +619,13 @@ class ChatPane(Vertical):
             raise
         finally:
             message = writer.finish_reply(reply, cancelled=cancelled)
+            if message.error and "maximum context length" in message.error:
+                self.notify(
+                    "The conversation no longer fits the model's context: ctrl+n starts a "
+                    "new one (this one stays in the history, ctrl+o)",
+                    severity="warning",
+                    timeout=10,
+                )
             speed = None
             try:
                 await turn.finish(message)
