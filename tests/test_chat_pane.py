@@ -356,3 +356,29 @@ async def test_a_conversation_past_the_context_says_how_to_go_on(
         assert reply.status == "interrupted" and "maximum context length" in (reply.error or "")
         await pilot.pause()
         assert any("ctrl+n starts a new one" in n.message for n in app._notifications)
+
+
+async def test_lines_typed_in_one_burst_are_each_taken_whole() -> None:
+    async with SSESource(scripted_reply("fine")) as source:
+        app = Host(ChatPane(source.url))
+        async with app.run_test(size=SIZE) as pilot:
+            # As a fast typist or a paste sends them: no pause after each Enter.
+            await type_keys(pilot, *"/max 9", "enter", *"/temp 0.3", "enter", *"hello", "enter")
+            await until(pilot, lambda: bool(app.finished))
+            assert (app.pane.settings.max_tokens, app.pane.settings.temperature) == (9, 0.3)
+    request = source.requests[0]
+    assert (request["max_tokens"], request["temperature"]) == (9, 0.3)
+    assert request["messages"][-1]["content"] == "hello"
+
+
+async def test_a_message_sent_while_a_reply_streams_is_kept_in_the_input() -> None:
+    async with SSESource(rate=200, tokens=2000) as source:
+        app = Host(ChatPane(source.url))
+        async with app.run_test(size=SIZE) as pilot:
+            await type_keys(pilot, *"first", "enter")
+            await until(pilot, lambda: app.pane.streaming and len(reply_text(app)) > 0)
+            await type_keys(pilot, *"second", "enter", *" more")
+            await pilot.pause(0.1)
+            assert app.query_one("#chat-input", Input).value == "second more"
+            await type_keys(pilot, "escape")
+            await until(pilot, lambda: bool(app.finished))

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
@@ -72,6 +72,26 @@ class ChatSettings:
         return ChatOptions(
             self.temperature, self.top_p, self.max_tokens, self.enable_thinking, self.ignore_eos
         )
+
+
+class ChatInput(Input):
+    """The message line. Enter takes its text and clears it at once, so what is typed
+    next (fast typing, a pasted block) starts the next message instead of being wiped
+    when the pane gets to the submitted one."""
+
+    async def action_submit(self) -> None:
+        text, self.value = self.value, ""
+        self.post_message(self.Submitted(self, text, None))
+
+    async def _on_key(self, event: events.Key) -> None:
+        # Enter is taken here, in key order: as a binding it would run only after the
+        # key had bubbled up, and the keys behind it would land in the old line.
+        if event.key == "enter":
+            event.stop()
+            event.prevent_default()
+            await self.action_submit()
+            return
+        await super()._on_key(event)
 
 
 class UserTurn(Static):
@@ -329,7 +349,7 @@ class ChatPane(Vertical):
     def compose(self) -> ComposeResult:
         yield VerticalScroll(id="chat-log")
         yield Static(id="chat-settings", markup=False)
-        yield Input(placeholder="Message (/help for commands, Esc stops)", id="chat-input")
+        yield ChatInput(placeholder="Message (/help for commands, Esc stops)", id="chat-input")
 
     async def on_mount(self) -> None:
         await self._show_conversation()
@@ -474,13 +494,14 @@ class ChatPane(Vertical):
         if not text:
             return
         if text.startswith("/"):
-            event.input.value = ""
             await self._command(text)
             return
         if self.streaming:
+            # Kept for later: back in front of anything typed since.
+            event.input.value = event.value + event.input.value
+            event.input.cursor_position = len(event.value)
             self.notify("A reply is still being written: Esc stops it", severity="warning")
             return
-        event.input.value = ""
         await self.send(text)
 
     async def send(self, text: str) -> None:
