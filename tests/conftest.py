@@ -9,6 +9,7 @@ developer's real config.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,16 @@ from backend.supervisor import ServerSupervisor
 from backend.tinymodel import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A SIGTERM (a CI timeout, `timeout`) ends the run like Ctrl-C, so the session
+    fixtures still stop the vLLM servers they started in their own process groups."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def free_port() -> int:
