@@ -89,6 +89,8 @@ def test_a_real_reply_is_timed_under_the_running_spec_setting(
     assert out["speed"]["settings"]["ngram:2"]["replies"] == counted_before + 1
     newest = json.loads(SpeedLedger().path.read_text())[f"ngram|{record.profile['model']}"]
     assert newest["ngram:2"][-1]["tps"] == pytest.approx(out["stats"]["tokens_per_s"], abs=1e-3)
+    assert main(["serve", "status"]) == 0
+    assert "speed    speed-up: chat with spec off too (m) to compare" in capsys.readouterr().out
     # A reply from another server (any --url but the one qtui runs) is never counted.
     assert record_reply("http://127.0.0.1:9/v1", 50.0, 100) is None
     assert SpeedLedger().comparison(record).settings["ngram:2"].replies == counted_before + 1

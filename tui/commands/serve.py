@@ -191,6 +191,8 @@ def status_json(status: ServerStatus) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from backend.speed_ledger import SpeedLedger
+
     sup = supervisor()
     status = sup.status()
     if args.json:
@@ -208,6 +210,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"pid      {data['pid'] or '-'}    uptime {uptime}")
     if data["reason"]:
         print(f"reason   {data['reason']}")
+    print(f"speed    {SpeedLedger(sup.state_dir).comparison(status.record).describe()}")
     print(f"log      {data['log']}")
     return 0
 
