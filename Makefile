@@ -6,12 +6,13 @@ VENV := .venv
 ENGINE := .venv-vllm
 QUANT := .venv-quant
 TINY_MODEL := .models/tiny
+TINY_MTP_MODEL := .models/tiny-mtp
 STAMP := $(VENV)/.qtui-panel-ready
 
 .PHONY: run test panel engine quant-env tiny-model lint check clean
 
 run: panel engine tiny-model
-	$(VENV)/bin/qtui init --engine $(ENGINE)/bin/vllm --cpu-model $(TINY_MODEL)
+	$(VENV)/bin/qtui init --engine $(ENGINE)/bin/vllm --cpu-model $(TINY_MODEL) --mtp-model $(TINY_MTP_MODEL)
 	$(VENV)/bin/qtui
 
 panel: $(STAMP)
@@ -29,6 +30,7 @@ quant-env:
 
 tiny-model: panel
 	$(VENV)/bin/qtui tiny-model $(TINY_MODEL)
+	$(VENV)/bin/qtui tiny-model --mtp $(TINY_MTP_MODEL)
 
 lint: panel
 	$(VENV)/bin/ruff check .

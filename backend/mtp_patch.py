@@ -358,7 +358,7 @@ def patch_checkpoint(
     result = PatchResult(path, False, dry_run, recovered=recovered, before=report)
     if report.verdict is Verdict.IMPOSSIBLE:
         raise PatchError(report.reason, 2)
-    if report.verdict is Verdict.READY:
+    if report.verdict is Verdict.READY and not report.notes:
         result.after = report
         return result
     plan = _plan(adopt_unindexed_mtp(checkpoint)[0], report)

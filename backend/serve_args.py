@@ -93,6 +93,26 @@ def checkpoint_has_mtp_tensors(model_dir: Path) -> bool:
     return False
 
 
+def check_mtp_head(model_dir: Path, vllm_version: str | None) -> None:
+    """Refuse MTP where this vLLM would not draft with the checkpoint's head.
+
+    Without this, a checkpoint whose mtp.fc is absent starts and silently accepts
+    nothing, and a packed one fails only after the model has loaded.
+    """
+    # The doctor pulls in numpy; most launches never need it.
+    from backend.mtp_doctor import Verdict, diagnose_checkpoint
+
+    report = diagnose_checkpoint(model_dir, vllm_version)
+    if report.verdict is Verdict.IMPOSSIBLE:
+        raise LaunchRefused(f"MTP unavailable for {model_dir}: {report.reason}; set spec off")
+    if report.verdict is Verdict.FIXABLE:
+        problem = report.problems[0] if report.problems else report.reason
+        raise LaunchRefused(
+            f"MTP would not work with {model_dir}: {problem}; run `qtui mtp patch "
+            f"{model_dir}` (it backs up what it changes), or set spec off"
+        )
+
+
 def _safetensors_names(path: Path) -> list[str]:
     try:
         with open(path, "rb") as handle:
@@ -195,8 +215,14 @@ def _checked_draft(profile: ServeProfile) -> ServeProfile:
     return profile.model_copy(update={"speculative": absolute})
 
 
-def plan_launch(profile: ServeProfile, engine: Engine, *, check_port: bool = True) -> LaunchPlan:
-    """Validate `profile` against this machine and the installed vLLM."""
+def plan_launch(
+    profile: ServeProfile, engine: Engine, *, check_port: bool = True, check_mtp: bool = True
+) -> LaunchPlan:
+    """Validate `profile` against this machine and the installed vLLM.
+
+    `check_mtp` runs the MTP doctor on a local checkpoint when MTP is on; turning it
+    off is for those who want to see what vLLM itself does with the head.
+    """
     notes: list[str] = []
     model = profile.model
     model_path = Path(model).expanduser()
@@ -210,21 +236,14 @@ def plan_launch(profile: ServeProfile, engine: Engine, *, check_port: bool = Tru
             )
         model = str(model_path.resolve())
         profile = profile.model_copy(update={"model": model})
-    if (
-        profile.speculative.method == "mtp"
-        and looks_local
-        and not checkpoint_has_mtp_tensors(model_path)
-    ):
-        raise LaunchRefused(
-            f"MTP requested but {profile.model} has no mtp.* tensors (the quantizer dropped "
-            "them or the model has no MTP head): run `qtui mtp inspect`, or set spec to off/ngram"
-        )
+    facts = engine_facts(engine)
+    if profile.speculative.method == "mtp" and looks_local and check_mtp:
+        check_mtp_head(model_path, facts.version)
     profile = _checked_draft(profile)
     if profile.enable_auto_tool_choice and not profile.tool_call_parser:
         raise LaunchRefused("enable_auto_tool_choice needs tool_call_parser (e.g. qwen3_xml)")
     check_extra_args(profile.extra_args)
 
-    facts = engine_facts(engine)
     try:
         kv_dtype, note = resolve_kv_cache_dtype(profile.kv_cache_dtype, facts.kv_cache_dtypes)
     except ValueError as error:

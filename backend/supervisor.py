@@ -81,10 +81,25 @@ class ServerRecord:
     stopped_at: float | None = None
     notes: list[str] = field(default_factory=list)
     """What the launch check told the user (aliases mapped, warnings)."""
+    ready_at: float | None = None
+    """When /health first answered 200 (seen by the launcher's wait)."""
+    stop_before_s: float | None = None
+    """How long stopping the previous server took, for a restart or an `m` toggle."""
 
     @property
     def serve_profile(self) -> ServeProfile:
         return ServeProfile.model_validate(self.profile)
+
+    @property
+    def ready_after_s(self) -> float | None:
+        """Launch to ready: what a start, or the start half of a toggle, cost."""
+        return None if self.ready_at is None else max(0.0, self.ready_at - self.started_at)
+
+    @property
+    def switch_s(self) -> float | None:
+        """A restart or toggle, stop to ready: how long the server was away."""
+        ready = self.ready_after_s
+        return None if ready is None or self.stop_before_s is None else self.stop_before_s + ready
 
 
 @dataclass
@@ -113,6 +128,8 @@ class ServerStatus:
             "kv_cache_dtype": record.kv_cache_dtype if record else None,
             "uptime_s": round(self.uptime_s, 1) if self.uptime_s is not None else None,
             "started_at": _iso(record.started_at) if record else None,
+            "ready_after_s": _rounded(record.ready_after_s) if record else None,
+            "stop_before_s": _rounded(record.stop_before_s) if record else None,
             "log": record.log_path if record else None,
             "reason": self.reason,
             "exit_code": self.exit_code,
@@ -125,6 +142,22 @@ class StopReport:
     seconds: float = 0.0
     exit_code: int | None = None
     leftover_pids: list[int] = field(default_factory=list)
+
+
+def took(record: ServerRecord | None) -> str:
+    """What the last start or toggle cost: `in 24.1 s (stop 0.4 s + start 23.7 s)`."""
+    if record is None or record.ready_after_s is None:
+        return ""
+    if record.switch_s is None:
+        return f" in {record.ready_after_s:.1f} s"
+    return (
+        f" in {record.switch_s:.1f} s (stop {record.stop_before_s or 0.0:.1f} s "
+        f"+ start {record.ready_after_s:.1f} s)"
+    )
+
+
+def _rounded(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds, 2)
 
 
 def _iso(stamp: float) -> str:
@@ -237,10 +270,10 @@ class ServerSupervisor:
         return f"vLLM exited{code}: {last}" if last else f"vLLM exited{code}; see {record.log_path}"
 
     # -- starting ---------------------------------------------------------
-    def plan(self, profile: ServeProfile) -> LaunchPlan:
+    def plan(self, profile: ServeProfile, *, check_mtp: bool = True) -> LaunchPlan:
         if self.engine is None:
             raise SupervisorError("no vLLM engine configured: set QTUI_VLLM")
-        return plan_launch(profile, self.engine)
+        return plan_launch(profile, self.engine, check_mtp=check_mtp)
 
     def start(
         self,
@@ -250,6 +283,7 @@ class ServerSupervisor:
         wait: bool = True,
         timeout_s: float = 900.0,
         on_phase: Callable[[ServerStatus], None] | None = None,
+        check_mtp: bool = True,
     ) -> ServerStatus:
         """Launch the server; with `wait`, return once /health answers 200.
 
@@ -263,7 +297,7 @@ class ServerSupervisor:
                     f"a server is already {current.phase.value} (pid {current.record.pid}, "
                     f"{current.record.url}): stop it first, or use restart"
                 )
-            plan = self.plan(profile)
+            plan = self.plan(profile, check_mtp=check_mtp)
             record = self._spawn(profile_name, profile, plan)
         if not wait:
             return self.status()
@@ -329,7 +363,7 @@ class ServerSupervisor:
                 if on_phase:
                     on_phase(status)
             if status.phase == Phase.READY:
-                return status
+                return self._mark_ready(status)
             if status.phase in (Phase.FAILED, Phase.STOPPED):
                 self._kill_group(record.pgid, StopReport())
                 raise SupervisorError(
@@ -341,6 +375,22 @@ class ServerSupervisor:
                     f"vLLM was not ready after {timeout_s:.0f} s; stopped it. See {record.log_path}"
                 )
             time.sleep(poll_s)
+
+    def _mark_ready(self, status: ServerStatus) -> ServerStatus:
+        """Write down when the server became ready (once), for the time a start cost."""
+        with self._locked():
+            record = self.load_record()
+            launched = status.record
+            if (
+                record is not None
+                and launched is not None
+                and record.pid == launched.pid
+                and record.ready_at is None
+            ):
+                record.ready_at = time.time()
+                self._save_record(record)
+                status.record = record
+        return status
 
     # -- stopping ---------------------------------------------------------
     def add_before_stop(self, callback: Callable[[], None]) -> None:
@@ -431,8 +481,19 @@ class ServerSupervisor:
             if record is None:
                 raise SupervisorError("nothing to restart: no server was started yet")
             profile_name, profile = record.profile_name, record.serve_profile
-        self.stop()
-        return self.start(profile_name, profile, **start_kwargs)
+        stopped = self.stop()
+        status = self.start(profile_name, profile, **start_kwargs)
+        with self._locked():
+            current = self.load_record()
+            if (
+                current is not None
+                and status.record is not None
+                and current.pid == status.record.pid
+            ):
+                current.stop_before_s = stopped.seconds
+                self._save_record(current)
+                status.record = current
+        return status
 
     def toggle_spec(self, **start_kwargs: Any) -> ServerStatus:
         """Restart the running profile with speculative decoding flipped on/off."""

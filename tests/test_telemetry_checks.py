@@ -37,7 +37,24 @@ def test_silent_drafter_failure_fires_on_dead_acceptance_with_enough_drafts() ->
     warning = silent_drafter_failure(dead, "mtp")
     assert warning is not None
     assert "mtp.fc" in warning and "qtui mtp inspect" in warning
-    assert "200 drafts" in warning
+    assert "200 drafts since it started" in warning
+
+
+def test_dead_drafter_alarm_counts_the_whole_run_and_outlives_an_idle_window() -> None:
+    """The evidence is every draft since the server started: a first scrape can already
+    carry it (however slow the machine was), and an idle window does not erase it."""
+    scraper = MetricsScraper("http://x", window_s=10)
+    first = scraper.ingest(page(gen=300, spec=(300, 300, 0)), at=0.0)
+    assert first.drafts is None  # no window yet
+    assert first.spec_run is not None and first.spec_run.drafts == 300
+    assert silent_drafter_failure(first, "mtp") is not None
+    idle = scraper.ingest(page(gen=300, spec=(300, 300, 0)), at=60.0)
+    assert idle.drafts == 0 and idle.acceptance_rate is None
+    assert idle.spec_run is not None and idle.spec_run.acceptance_rate == 0.0
+    assert silent_drafter_failure(idle, "mtp") is not None
+    healthy = MetricsScraper("http://x").ingest(page(gen=300, spec=(150, 150, 140)), at=0.0)
+    assert healthy.spec_run is not None and healthy.spec_run.mean_acceptance_length == 1 + 140 / 150
+    assert silent_drafter_failure(healthy, "mtp") is None
 
 
 def test_silent_drafter_failure_stays_quiet_when_it_should() -> None:

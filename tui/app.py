@@ -36,7 +36,7 @@ from backend.metrics import MetricsScraper
 from backend.mtp_doctor import Report, Verdict, diagnose_checkpoint
 from backend.mtp_patch import PatchError, patch_checkpoint
 from backend.serve_args import LaunchRefused
-from backend.supervisor import ServerSupervisor, SupervisorError
+from backend.supervisor import ServerSupervisor, SupervisorError, took
 from backend.telemetry_checks import scraper_for, startup_readout
 from backend.vllm_log import clean_line, is_own_polling, tail_lines
 from themes import QTUI_THEMES, TCSS_PATH, THEME_NAMES
@@ -383,8 +383,9 @@ class QtuiApp(App[int]):
             status = self.supervisor.restart(name, profile, timeout_s=timeout)
         else:
             status = self.supervisor.start(name, profile, timeout_s=timeout)
-        url = status.record.url if status.record else ""
-        return f"{name} ready at {url} (spec {profile.speculative.method})"
+        record = status.record
+        url = record.url if record else ""
+        return f"{name} ready at {url} (spec {profile.speculative.method}){took(record)}"
 
     @on(Worker.StateChanged)
     def report_control_result(self, event: Worker.StateChanged) -> None:

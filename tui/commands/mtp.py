@@ -43,8 +43,9 @@ def _details(report: Report) -> list[str]:
     if report.fc is not None:
         lines.append(f"mtp.fc: {report.fc.describe()}")
     if report.fc_built_quantized is not None:
-        built = "quantized (its weight would be skipped)" if report.fc_built_quantized else "BF16"
-        lines.append(f"vLLM builds mtp.fc as: {built}")
+        built = "quantized (INT4)" if report.fc_built_quantized else "unquantized (BF16)"
+        version = report.vllm_version or "0.25 and later"
+        lines.append(f"vLLM {version} builds mtp.fc as: {built}")
     if report.uncovered_packed:
         lines.append(f"packed layers vLLM would build unquantized: {len(report.uncovered_packed)}")
     if report.fused_inconsistent:
@@ -52,11 +53,23 @@ def _details(report: Report) -> list[str]:
             f"fused layers with inconsistent quant config: {len(report.fused_inconsistent)}"
         )
     lines += [f"  - {problem}" for problem in report.problems]
+    lines += [f"  note: {note}" for note in report.notes]
     return lines
 
 
+def _engine_version() -> str | None:
+    """The configured vLLM's version (read from its files), so verdicts speak for it."""
+    from backend.config import load_settings
+    from backend.engine import EngineError, engine_facts, resolve_engine
+
+    try:
+        return engine_facts(resolve_engine(load_settings().vllm)).version
+    except (EngineError, OSError, ValueError):
+        return None
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
-    report = diagnose_checkpoint(args.path)
+    report = diagnose_checkpoint(args.path, _engine_version())
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

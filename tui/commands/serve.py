@@ -11,7 +11,7 @@ from typing import Any
 
 from backend.config import SPEC_METHODS, ConfigError, ServeProfile, resolve_profile
 from backend.serve_args import LaunchRefused
-from backend.supervisor import Phase, ServerStatus, SupervisorError
+from backend.supervisor import Phase, ServerStatus, SupervisorError, took
 from backend.vllm_log import clean_line, tail_lines
 from tui.cli import CommandError
 from tui.commands.common import settings, supervisor
@@ -58,6 +58,11 @@ def _add_profile_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spec", choices=SPEC_METHODS, help="speculative decoding method")
     parser.add_argument(
         "--kv-cache-dtype", help="KV-cache dtype, checked against the installed vLLM"
+    )
+    parser.add_argument(
+        "--skip-mtp-check",
+        action="store_true",
+        help="start MTP even where the MTP doctor says vLLM would not draft (to see for yourself)",
     )
     parser.epilog = "Arguments after `--` go to `vllm serve` unchanged."
 
@@ -115,6 +120,7 @@ def _start(args: argparse.Namespace, restart: bool) -> int:
             wait=not getattr(args, "no_wait", False),
             timeout_s=config.ready_timeout_s,
             on_phase=_progress,
+            check_mtp=not getattr(args, "skip_mtp_check", False),
         )
     except LaunchRefused as error:
         raise CommandError(str(error), exit_code=2) from None
@@ -152,7 +158,8 @@ def cmd_toggle_spec(args: argparse.Namespace) -> int:
         raise CommandError(str(error), exit_code=1) from None
     spec = status.record.spec if status.record else "?"
     print(
-        f"qtui: {status.phase.value} with spec {spec} in {time.monotonic() - started:.1f} s",
+        f"qtui: {status.phase.value} with spec {spec}{took(status.record)}; "
+        f"{time.monotonic() - started:.1f} s in all",
         file=sys.stderr,
     )
     return 0
@@ -208,6 +215,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"profile  {data['profile']}  ({data['model']})")
     print(f"spec     {data['spec']}    kv {data['kv_cache_dtype']}")
     print(f"pid      {data['pid'] or '-'}    uptime {uptime}")
+    if took(status.record):
+        print(f"ready   {took(status.record)}")
     if data["reason"]:
         print(f"reason   {data['reason']}")
     print(f"speed    {SpeedLedger(sup.state_dir).comparison(status.record).describe()}")

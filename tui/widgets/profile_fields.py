@@ -492,7 +492,7 @@ def preview_command(
         preview.refusal = "no vLLM engine configured (QTUI_VLLM): the launch check cannot run"
         return preview
     try:
-        plan = plan_launch(profile, engine, check_port=False)
+        plan = plan_launch(profile, engine, check_port=False, check_mtp=False)
     except LaunchRefused as error:
         preview.refusal = str(error)
     else:

@@ -74,8 +74,11 @@ class ServerStatusBar(Static):
             line1 += f"  [$foreground-muted]up[/] {format_uptime(status.uptime_s)}"
             line1 += f"  [$foreground-muted]pid[/] {record.pid}"
         if profile is not None:
+            ready = ""
+            if record is not None and record.ready_after_s is not None:
+                ready = f" [$foreground-muted](ready in {record.ready_after_s:.0f} s)[/]"
             line2 = (
-                f"[$foreground-muted]spec[/] {escape(spec_label(profile))}"
+                f"[$foreground-muted]spec[/] {escape(spec_label(profile))}{ready}"
                 f"   [$foreground-muted]kv[/] {escape(profile.kv_cache_dtype)}"
                 f"   [$foreground-muted]model[/] {escape(profile.model)}"
             )

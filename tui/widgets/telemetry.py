@@ -67,15 +67,35 @@ def gpu_lines(sample: GpuSample | None, muted: bool = False) -> str:
 
 
 def spec_lines(snap: TelemetrySnapshot, muted: bool = False) -> str:
-    """Acceptance rate, mean length, and one bar per draft position."""
-    length = "-" if snap.mean_acceptance_length is None else f"{snap.mean_acceptance_length:.2f}"
-    lines = [f"accept [b]{_percent(snap.acceptance_rate, 1)}[/]  len [b]{length}[/]"]
-    positions = snap.per_position_acceptance
-    for position, rate in enumerate(positions[:MAX_POSITION_ROWS]):
+    """Acceptance, mean length and one bar per draft position: over the window while
+    drafts are being made, else since the server started (so an idle server keeps them)."""
+    run = snap.spec_run
+    if snap.drafts:
+        rate, length, positions = (
+            snap.acceptance_rate,
+            snap.mean_acceptance_length,
+            snap.per_position_acceptance,
+        )
+        source = ""
+    elif run is not None and run.drafts:
+        rate, length, positions = (
+            run.acceptance_rate,
+            run.mean_acceptance_length,
+            run.per_position_acceptance,
+        )
+        source = " [$text-muted](idle: run)[/]"
+    else:
+        rate, length, positions, source = None, None, [], ""
+    shown_length = "-" if length is None else f"{length:.2f}"
+    lines = [f"accept [b]{_percent(rate, 1)}[/]  len [b]{shown_length}[/]{source}"]
+    for position, position_rate in enumerate(positions[:MAX_POSITION_ROWS]):
         colour = "$text-muted" if muted else "$accent"
-        lines.append(f" pos{position + 1} {bar(rate, colour)} {_percent(rate)}")
+        lines.append(f" pos{position + 1} {bar(position_rate, colour)} {_percent(position_rate)}")
     if len(positions) > MAX_POSITION_ROWS:
         lines.append(f"[$text-muted] +{len(positions) - MAX_POSITION_ROWS} positions[/]")
+    if run is not None:
+        overall = "" if run.acceptance_rate is None else f" {_percent(run.acceptance_rate, 1)}"
+        lines.append(f"[$text-muted]{run.drafts:,.0f} drafts since start{overall}[/]")
     return "\n".join(lines)
 
 
