@@ -78,7 +78,7 @@ def _rewrite_fc(checkpoint: Path, new_tensors: dict[str, TensorSpec]) -> None:
     index_path.write_text(json.dumps(index, indent=2))
 
 
-def _edit_quant_config(checkpoint: Path, covered: bool) -> None:
+def set_fc_coverage(checkpoint: Path, covered: bool) -> None:
     """Drop the fc's 16-bit entry; `covered` puts mtp.fc inside block_name_to_quantize."""
     for name in ("config.json", "quantization_config.json"):
         path = checkpoint / name
@@ -108,7 +108,7 @@ def pack_fc(checkpoint: Path, *, covered: bool) -> Path:
             f"{FC}.scales": TensorSpec.from_array(scales),
         },
     )
-    _edit_quant_config(checkpoint, covered)
+    set_fc_coverage(checkpoint, covered)
     return checkpoint
 
 
