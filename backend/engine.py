@@ -79,8 +79,13 @@ def _shebang_python(script: Path) -> str | None:
 @functools.lru_cache(maxsize=8)
 def vllm_package_dir(python: str) -> Path | None:
     """The installed `vllm` package directory, found without importing vllm."""
+    return _package_dir(python, "vllm")
+
+
+@functools.lru_cache(maxsize=16)
+def _package_dir(python: str, package: str) -> Path | None:
     probe = (
-        "import importlib.util as u; s = u.find_spec('vllm'); "
+        f"import importlib.util as u; s = u.find_spec({package!r}); "
         "print(list(s.submodule_search_locations)[0] if s else '')"
     )
     try:
@@ -117,6 +122,11 @@ class EngineFacts:
     version: str | None
     kv_cache_dtypes: tuple[str, ...]
     read_from_install: bool
+    has_flashinfer: bool | None = None
+    """FlashInfer installed beside vLLM (None: unknown). Without it Qwen3.5's Gated
+    DeltaNet prefill must be told to use Triton, or vLLM tries FlashInfer's JIT kernel."""
+    knows_gdn_prefill_backend: bool = False
+    """The installed vLLM takes --gdn-prefill-backend."""
 
     @property
     def is_cpu_build(self) -> bool:
@@ -133,10 +143,17 @@ def engine_facts(engine: Engine) -> EngineFacts:
         dtypes = _literal_strings((package / "config" / "cache.py").read_text(), "CacheDType")
     except (OSError, SyntaxError):
         dtypes = None
+    try:
+        arg_source = (package / "engine" / "arg_utils.py").read_text()
+    except OSError:
+        arg_source = ""
+    assert engine.python is not None
     return EngineFacts(
         version=_installed_version(package),
         kv_cache_dtypes=tuple(dtypes) if dtypes else KNOWN_KV_DTYPES,
         read_from_install=bool(dtypes),
+        has_flashinfer=_package_dir(engine.python, "flashinfer") is not None,
+        knows_gdn_prefill_backend="gdn_prefill_backend" in arg_source,
     )
 
 

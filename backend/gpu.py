@@ -158,6 +158,30 @@ class GpuSample:
         return data
 
 
+def gpu_summary(sample: GpuSample) -> dict[str, Any]:
+    """What `serve status --json` says of the GPUs: each GPU, and what the server holds."""
+    if not sample.has_gpu:
+        return {"gpus": [], "no_gpu_reason": sample.no_gpu_reason, "server_memory": None}
+    return {
+        "gpus": [
+            {
+                "index": reading.index,
+                "name": reading.name,
+                "memory_used": reading.memory_used,
+                "memory_total": reading.memory_total,
+                "utilization": reading.utilization,
+                "temperature_c": reading.temperature_c,
+                "power_w": reading.power_w,
+                "server_memory": reading.server_memory,
+            }
+            for reading in sample.gpus
+        ],
+        "no_gpu_reason": None,
+        "server_memory": sum(sample.server_gpu_memory.values()),
+        "server_pids": sample.server_pids,
+    }
+
+
 def no_gpu_text(reason: str) -> str:
     return f"no NVIDIA GPU ({reason})"
 

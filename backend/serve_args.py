@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 
 from backend.config import ServeProfile
-from backend.engine import Engine, engine_facts, resolve_kv_cache_dtype
+from backend.engine import Engine, EngineFacts, engine_facts, resolve_kv_cache_dtype
 
 
 class LaunchRefused(ValueError):
@@ -111,6 +111,40 @@ def check_mtp_head(model_dir: Path, vllm_version: str | None) -> None:
             f"MTP would not work with {model_dir}: {problem}; run `qtui mtp patch "
             f"{model_dir}` (it backs up what it changes), or set spec off"
         )
+
+
+def _has_linear_attention(model_dir: Path) -> bool:
+    """A Qwen3.5/Qwen3-Next checkpoint: Gated DeltaNet layers beside full attention."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    text = config.get("text_config") or config
+    return "linear_attention" in (text.get("layer_types") or [])
+
+
+def _without_flashinfer(
+    profile: ServeProfile, facts: EngineFacts, model_dir: Path | None, env: dict[str, str]
+) -> tuple[str, list[str]] | None:
+    """On a GPU vLLM without FlashInfer, what a Gated DeltaNet model needs to start.
+
+    vLLM then tries FlashInfer's JIT GDN prefill kernel and its FlashInfer sampler;
+    Triton does both jobs (measured on the H200 with vLLM 0.26). Returns the note
+    and the extra arguments; sets the sampler variable in `env`.
+    """
+    if facts.is_cpu_build or facts.has_flashinfer is not False or model_dir is None:
+        return None
+    if not _has_linear_attention(model_dir):
+        return None
+    env.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+    given = " ".join(profile.extra_args)
+    if not facts.knows_gdn_prefill_backend or "--gdn-prefill-backend" in given:
+        return None
+    return (
+        "FlashInfer is not installed: Gated DeltaNet prefill runs on Triton "
+        "(--gdn-prefill-backend triton)",
+        ["--gdn-prefill-backend", "triton"],
+    )
 
 
 def _safetensors_names(path: Path) -> list[str]:
@@ -252,6 +286,10 @@ def plan_launch(
         notes.append(note)
 
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "NO_COLOR": "1", **profile.env}
+    gdn_note = _without_flashinfer(profile, facts, model_path if looks_local else None, env)
+    if gdn_note:
+        profile = profile.model_copy(update={"extra_args": [*profile.extra_args, *gdn_note[1]]})
+        notes.append(gdn_note[0])
     secrets: list[str] = []
     if profile.api_key_env:
         key = os.environ.get(profile.api_key_env)

@@ -68,7 +68,7 @@ def test_mtp_on_checkpoint_without_mtp_tensors_is_refused(tiny_model: Path, engi
     profile = cpu_profile(str(tiny_model)).model_copy(
         update={"speculative": SpeculativeSettings(method="mtp")}
     )
-    with pytest.raises(LaunchRefused, match=r"no mtp\.\* tensors"):
+    with pytest.raises(LaunchRefused, match=r"MTP unavailable.*declares no MTP layers"):
         plan_launch(profile, engine)
 
 
@@ -139,3 +139,28 @@ def test_a_draft_drafter_needs_an_existing_draft_checkpoint(
     plan = plan_launch(with_draft(str(tiny_model)), engine, check_port=False)
     spec = json.loads(plan.argv[plan.argv.index("--speculative-config") + 1])
     assert spec["method"] == "draft_model" and spec["model"] == str(tiny_model.resolve())
+
+
+def test_gpu_vllm_without_flashinfer_runs_gated_deltanet_prefill_on_triton(
+    tiny_qwen35: Path, tiny_model: Path
+) -> None:
+    """The GPU lane's finding (vLLM 0.26 on the H200, no FlashInfer): the flag and the
+    sampler variable are added for a Qwen3.5 model only, and only where they are needed."""
+    from backend.engine import EngineFacts
+    from backend.serve_args import _without_flashinfer
+
+    gpu = EngineFacts(
+        "0.26.0", ("auto",), True, has_flashinfer=False, knows_gdn_prefill_backend=True
+    )
+    profile = ServeProfile(model=str(tiny_qwen35))
+    env: dict[str, str] = {}
+    found = _without_flashinfer(profile, gpu, tiny_qwen35, env)
+    assert found is not None and found[1] == ["--gdn-prefill-backend", "triton"]
+    assert env == {"VLLM_USE_FLASHINFER_SAMPLER": "0"}
+    assert _without_flashinfer(ServeProfile(model=str(tiny_model)), gpu, tiny_model, {}) is None
+    with_flashinfer = EngineFacts("0.26.0", ("auto",), True, has_flashinfer=True)
+    assert _without_flashinfer(profile, with_flashinfer, tiny_qwen35, {}) is None
+    cpu = EngineFacts("0.32.0+cpu", ("auto",), True, has_flashinfer=False)
+    assert _without_flashinfer(profile, cpu, tiny_qwen35, {}) is None
+    chosen = profile.model_copy(update={"extra_args": ["--gdn-prefill-backend", "flashinfer"]})
+    assert _without_flashinfer(chosen, gpu, tiny_qwen35, {}) is None  # the user's choice stays

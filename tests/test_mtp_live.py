@@ -110,6 +110,8 @@ def test_m_on_drafts_well_and_m_off_removes_the_spec_counters(mtp_config: int) -
     assert started.returncode == 0, started.stderr
     first = status_json()
     assert first["spec"] == "mtp" and first["ready_after_s"] > 0
+    gpu = first["gpu"]  # on a CPU box: the reason, on a GPU box: what the server holds
+    assert gpu is not None and (gpu["no_gpu_reason"] or gpu["server_memory"] > 0), gpu
     generate(first["url"])
     acceptance = assert_drafts_well(run_figures(first["url"]))
 
@@ -242,7 +244,8 @@ def test_missing_fc_is_refused_before_launch_because_vllm_would_accept_nothing(
     url = status_json()["url"]
     generate(url)
     figures = run_figures(url)
-    assert figures["raw"][DRAFTS] >= 20 and figures["raw"].get(ACCEPTED, 0.0) == 0.0
+    raw = figures["raw"]
+    assert raw[DRAFTS] >= 20 and raw.get(ACCEPTED, 0.0) / raw[DRAFT_TOKENS] < 0.02, raw
     alarms = [w for w in figures["telemetry"]["warnings"] if "accepts almost nothing" in w]
     assert len(alarms) == 1 and "drafts since it started" in alarms[0]
 

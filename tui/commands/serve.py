@@ -177,15 +177,26 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 
 def status_json(status: ServerStatus) -> dict[str, Any]:
-    """The status, plus `telemetry`: windowed figures from two scrapes ~1 s apart (or null).
+    """The status, plus `telemetry`: windowed figures from two scrapes ~1 s apart (or null),
+    and `gpu`: every GPU and the memory the server's processes hold on them.
 
-    Null unless the server is ready; `telemetry.startup` is the log's startup readout.
+    `telemetry` is null unless the server is ready (`startup` is the log's startup readout,
+    `spec_run` spec decoding since it started); `gpu` is null while no server runs.
     """
     from backend.speed_ledger import SpeedLedger
     from backend.telemetry_checks import scraper_for, startup_readout
 
     data = status.to_json()
     data["telemetry"] = None
+    data["gpu"] = None
+    if status.phase.is_up and status.record is not None:
+        from backend.gpu import GpuSampler, gpu_summary
+
+        sampler = GpuSampler(pgid=status.record.pgid)
+        try:
+            data["gpu"] = gpu_summary(sampler.sample())
+        finally:
+            sampler.close()
     if status.phase is Phase.READY and status.record is not None:
         with scraper_for(status.record) as scraper:
             scraper.scrape()
