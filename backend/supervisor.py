@@ -31,7 +31,14 @@ from backend.config import ServeProfile
 from backend.engine import Engine
 from backend.gpu import gpu_memory_held_by
 from backend.serve_args import LaunchPlan, masked_command, plan_launch
-from backend.vllm_log import diagnose, last_error_line, shows_loading, tail_lines
+from backend.vllm_log import (
+    LoadingStage,
+    diagnose,
+    last_error_line,
+    loading_stage,
+    shows_loading,
+    tail_lines,
+)
 
 
 class Phase(StrEnum):
@@ -108,6 +115,8 @@ class ServerStatus:
     record: ServerRecord | None
     reason: str | None = None
     exit_code: int | None = None
+    stage: LoadingStage | None = None
+    """While starting or loading: what vLLM is doing, from its log."""
 
     @property
     def uptime_s(self) -> float | None:
@@ -133,6 +142,7 @@ class ServerStatus:
             "log": record.log_path if record else None,
             "reason": self.reason,
             "exit_code": self.exit_code,
+            "stage": self.stage.describe() if self.stage else None,
         }
 
 
@@ -245,8 +255,11 @@ class ServerSupervisor:
                 return ServerStatus(Phase.STOPPING, record)
             if self.health_ok(record.url):
                 return ServerStatus(Phase.READY, record)
-            loading = shows_loading(tail_lines(Path(record.log_path), 400))
-            return ServerStatus(Phase.LOADING if loading else Phase.STARTING, record)
+            lines = tail_lines(Path(record.log_path), 400)
+            loading = shows_loading(lines)
+            return ServerStatus(
+                Phase.LOADING if loading else Phase.STARTING, record, stage=loading_stage(lines)
+            )
         if record.intent in ("stopping", "stopped"):
             return ServerStatus(Phase.STOPPED, record, record.reason, record.exit_code)
         if record.intent == "failed":
@@ -355,11 +368,13 @@ class ServerSupervisor:
         poll_s: float = 0.25,
     ) -> ServerStatus:
         deadline = time.monotonic() + timeout_s
-        last_phase: Phase | None = None
+        last_phase: tuple[Phase, str | None] | None = None
         while True:
             status = self.status()
-            if status.phase != last_phase:
-                last_phase = status.phase
+            # A new phase, a new loading stage, or a compile that turned slow.
+            seen = (status.phase, status.stage.describe_key() if status.stage else None)
+            if seen != last_phase:
+                last_phase = seen
                 if on_phase:
                     on_phase(status)
             if status.phase == Phase.READY:

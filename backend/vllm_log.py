@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -42,6 +43,9 @@ class FatalPattern:
     pattern: re.Pattern[str]
     advice: str
     """What went wrong and the fix, one line; may use the match's named groups."""
+    stops_server: bool = True
+    """Fatal when the server then dies; a server that became ready proves the line was a
+    warning it survived (vLLM logs caught import errors while warming up, for one)."""
 
 
 FATAL_PATTERNS: tuple[FatalPattern, ...] = (
@@ -67,6 +71,7 @@ FATAL_PATTERNS: tuple[FatalPattern, ...] = (
         re.compile(r"fc\.(?:qweight|qzeros|scales)\b.*skip loading"),
         "vLLM skipped the packed mtp.fc weight: MTP runs but accepts no drafts; run "
         "`qtui mtp patch` on the checkpoint (dequantizes it to BF16) and restart",
+        stops_server=False,
     ),
     FatalPattern(
         "fp8_kv_on_cpu",
@@ -165,6 +170,10 @@ class Diagnosis:
     advice: str
     line: str
 
+    @property
+    def stops_server(self) -> bool:
+        return FATAL_PATTERNS[_RANK[self.key]].stops_server
+
 
 def diagnose(lines: Iterable[str]) -> Diagnosis | None:
     """The most specific known fatal pattern in `lines` (earlier patterns win)."""
@@ -216,6 +225,77 @@ LOADING_MARKERS = (
 
 def shows_loading(lines: Iterable[str]) -> bool:
     return any(marker in line for line in lines for marker in LOADING_MARKERS)
+
+
+# What vLLM is doing while it loads, by the last of these lines seen. On a GPU the
+# memory-profiling pass after the weights load is where Triton compiles its kernels:
+# 86 s of a 179 s cold start of a tiny Qwen3.5 on the H200 (vLLM 0.26), seconds when
+# the kernel cache is warm.
+COMPILING = "compiling kernels"
+STAGE_MARKERS: tuple[tuple[str, str], ...] = (
+    ("Initializing a V1 LLM engine", "starting the engine"),
+    ("Starting to load model", "loading weights"),
+    ("Loading safetensors checkpoint shards", "loading weights"),
+    ("Model loading took", COMPILING),
+    ("Loading weights took", COMPILING),
+    ("Available KV cache memory", "allocating the KV cache"),
+    ("KV cache size:", "allocating the KV cache"),
+    ("Warming up", "warming up kernels"),
+    ("init engine (profile, create kv cache, warmup model) took", "starting the API server"),
+)
+SLOW_COMPILE_S = 20.0
+"""A compile stage longer than this gets the first-start explanation."""
+
+
+@dataclass(frozen=True)
+class LoadingStage:
+    name: str
+    since: datetime | None
+    """The stamp of the line that began the stage (the log's local time)."""
+
+    def is_slow(self, now: datetime | None = None) -> bool:
+        return self.name == COMPILING and self._age(now) >= SLOW_COMPILE_S
+
+    def describe_key(self) -> str:
+        """Changes when the stage changes or its compile turns slow (for progress output)."""
+        return f"{self.name} slow" if self.is_slow() else self.name
+
+    def _age(self, now: datetime | None) -> float:
+        if self.since is None:
+            return 0.0
+        return max(0.0, ((now or datetime.now()) - self.since).total_seconds())
+
+    def describe(self, now: datetime | None = None) -> str:
+        """`compiling kernels 40 s (first start: ...)`: the stage, its age, why it is slow."""
+        if self.since is None:
+            return self.name
+        text = f"{self.name} {self._age(now):.0f} s"
+        if self.is_slow(now):
+            text += " (a first start compiles Triton kernels; later starts reuse them)"
+        return text
+
+
+def loading_stage(lines: Iterable[str], year: int | None = None) -> LoadingStage | None:
+    """The stage the last marker line shows, with when it began; None before any."""
+    found: LoadingStage | None = None
+    for raw in lines:
+        line = clean_line(raw)
+        for marker, name in STAGE_MARKERS:
+            if marker in line:
+                found = LoadingStage(name, _stamp(line, year))
+                break
+    return found
+
+
+def _stamp(line: str, year: int | None) -> datetime | None:
+    match = LOG_PREFIX.match(line)
+    if not match:
+        return None
+    try:
+        stamp = datetime.strptime(match.group("stamp"), "%m-%d %H:%M:%S")
+    except ValueError:
+        return None
+    return stamp.replace(year=year or datetime.now().year)
 
 
 # The panel's own 1 Hz polling shows up in uvicorn's access log; hide it from views.

@@ -28,11 +28,46 @@ if [ -f "$STAMP" ]; then
   exit 0
 fi
 
+# The vLLM a GPU box gets when it has none: the release the GPU lane tested
+# (bench/gpu_lane.py on an H200: Qwen3.5 + MTP served, patched, alarmed). Never "latest".
+VLLM_GPU_VERSION=0.26.0
+
+# A vLLM the user already has: $QTUI_VLLM (a vllm executable or a Python with vllm),
+# else `vllm` on PATH. Echoes the vllm executable, or nothing.
+existing_vllm() {
+  local named=${QTUI_VLLM:-}
+  if [ -n "$named" ]; then
+    case "$(basename "$named")" in
+      python*) [ -x "$(dirname "$named")/vllm" ] && echo "$(dirname "$named")/vllm" ;;
+      *) command -v "$named" || true ;;
+    esac
+    return
+  fi
+  command -v vllm || true
+}
+
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-  echo "NVIDIA GPU found: installing mainline vllm into $ENGINE_DIR"
+  found=$(existing_vllm)
+  if [ -n "$found" ]; then
+    python=$(head -1 "$found" | sed -n 's/^#! *\([^ ]*\).*/\1/p')
+    python=${python:-python3}
+    version=$("$python" -c 'import importlib.metadata as m; print(m.version("vllm"))' 2>/dev/null || echo unknown)
+    package=$("$python" -c 'import importlib.util as u; print(list(u.find_spec("vllm").submodule_search_locations)[0])' 2>/dev/null || true)
+    mtp=no
+    if [ -n "$package" ] && grep -rqs "qwen3_5_mtp" "$package/config" "$package/transformers_utils" 2>/dev/null; then
+      mtp=yes
+    fi
+    echo "NVIDIA GPU found; using your vLLM $version at $found (knows MTP for Qwen3.5: $mtp)"
+    [ "$mtp" = yes ] || echo "  MTP on Qwen3.5 needs a newer vLLM (the GPU lane tested $VLLM_GPU_VERSION)"
+    mkdir -p "$ENGINE_DIR/bin"
+    ln -sf "$found" "$ENGINE_DIR/bin/vllm"
+    touch "$STAMP"
+    exit 0
+  fi
+  echo "NVIDIA GPU found, no vLLM: installing vllm==$VLLM_GPU_VERSION into $ENGINE_DIR"
   "$PY" -m venv "$ENGINE_DIR"
   "$ENGINE_DIR/bin/pip" install -q --upgrade pip
-  "$ENGINE_DIR/bin/pip" install -q vllm
+  "$ENGINE_DIR/bin/pip" install -q "vllm==$VLLM_GPU_VERSION"
   touch "$STAMP"
   exit 0
 fi

@@ -153,3 +153,70 @@ def test_root_cause_survives_when_the_generic_failure_arrives_later() -> None:
     assert more_specific(earlier, later) == earlier
     assert more_specific(later, earlier) == earlier
     assert more_specific(None, later) == later
+
+
+def test_mtp_head_failures_of_real_vllm_are_explained() -> None:
+    """vLLM 0.26 (CUDA, the H200 lane) on a packed mtp.fc, and the older skip warning."""
+    found = diagnose(real_log("gpu-h200-vllm026-packed-fc"))
+    assert found is not None and found.key == "packed_mtp_fc" and "qtui mtp patch" in found.advice
+    skipped = diagnose(
+        [
+            "(EngineCore_DP0 pid=7) WARNING 11-29 1 [qwen3_next_mtp.py:300] "
+            "Parameter fc.qweight not found in params_dict, skip loading"
+        ]
+    )
+    assert skipped is not None and skipped.key == "skipped_mtp_fc"
+    assert not skipped.stops_server  # it spoils a server that runs
+    assert found.stops_server
+
+
+async def test_a_server_that_became_ready_unpins_a_line_it_survived(tmp_path: Path) -> None:
+    from backend.config import Settings
+    from backend.supervisor import ServerSupervisor
+    from tui.app import make_app
+
+    app = make_app(
+        settings=Settings(),
+        supervisor=ServerSupervisor(None, state_dir=tmp_path),
+        poll_interval_s=5,
+    )
+    warm_up = "ModuleNotFoundError: No module named 'flashinfer'"
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.server_screen
+        assert screen is not None
+        doctor = screen.query_one(LogDoctor)
+        screen.post_message(ServerLogLines([warm_up], reset=True))
+        await pilot.pause()
+        assert doctor.has_class("shown") and "flashinfer" in str(doctor.render())
+        doctor.server_ready()
+        await pilot.pause()
+        assert not doctor.has_class("shown")
+        skip = "WARNING 11-29 1 [x.py:1] Parameter fc.qweight not found, skip loading"
+        screen.post_message(ServerLogLines([skip]))
+        await pilot.pause()
+        doctor.server_ready()  # a dead MTP head stays pinned on a running server
+        assert doctor.has_class("shown") and "mtp patch" in str(doctor.render())
+
+
+def test_loading_stages_of_a_real_gpu_cold_start() -> None:
+    """vLLM 0.26 on the H200: 86 s of a 179 s first start went to the memory-profiling
+    pass after the weights loaded, where Triton compiles its kernels."""
+    from datetime import datetime, timedelta
+
+    from backend.vllm_log import COMPILING, loading_stage
+
+    lines = real_log("gpu-h200-vllm026-qwen35-mtp-cold")
+    upto = next(i for i, line in enumerate(lines) if "Model loading took" in line)
+    stage = loading_stage(lines[: upto + 1], year=2026)
+    assert stage is not None and stage.name == COMPILING
+    assert stage.since == datetime(2026, 11, 30, 19, 6, 30)
+    assert stage.describe(now=stage.since + timedelta(seconds=5)) == "compiling kernels 5 s"
+    slow = stage.describe(now=stage.since + timedelta(seconds=86))
+    assert slow.startswith("compiling kernels 86 s (a first start compiles Triton kernels")
+    loading = next(i for i, line in enumerate(lines) if "Starting to load model" in line)
+    weights = loading_stage(lines[: loading + 1], year=2026)
+    assert weights is not None and weights.name == "loading weights"
+    final = loading_stage(lines, year=2026)
+    assert final is not None and final.name == "starting the API server"
+    assert diagnose(lines) is None  # a healthy cold start: nothing pinned
+    assert loading_stage(["INFO: Started server process [1]"]) is None

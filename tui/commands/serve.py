@@ -99,7 +99,8 @@ def build_profile(
 
 def _progress(status: ServerStatus) -> None:
     if status.phase in (Phase.STARTING, Phase.LOADING):
-        print(f"qtui: {status.phase.value}…", file=sys.stderr, flush=True)
+        stage = f": {status.stage.describe()}" if status.stage else ""
+        print(f"qtui: {status.phase.value}{stage}…", file=sys.stderr, flush=True)
 
 
 def _start(args: argparse.Namespace, restart: bool) -> int:

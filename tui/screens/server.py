@@ -172,6 +172,8 @@ class ServerScreen(Screen[None]):
         status = message.status
         self._show_speed_of(status)
         self.query_one(ServerStatusBar).status = status
+        if status.phase == Phase.READY:
+            self.query_one(LogDoctor).server_ready()
         reason = self.query_one("#status-reason", Static)
         text = status.reason if status.phase == Phase.FAILED and status.reason else ""
         pinned = self.query_one(LogDoctor).diagnosis

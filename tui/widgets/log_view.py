@@ -64,12 +64,20 @@ class LogDoctor(Static):
         super().__init__(id=id)
         self.diagnosis: Diagnosis | None = None
 
+    def server_ready(self) -> None:
+        """The server answered /health: a "fatal" line it survived was not (e.g. a missing
+        optional module caught while warming up); keep only what spoils a running server."""
+        if self.diagnosis is not None and self.diagnosis.stops_server:
+            self._show(None)
+
     def examine(self, new_lines: list[str], reset: bool = False) -> None:
         """Look at lines as they arrive: only the new ones are scanned, never the whole tail."""
         previous = None if reset else self.diagnosis
         found = more_specific(previous, diagnose(new_lines))
-        if found == self.diagnosis:
-            return
+        if found != self.diagnosis:
+            self._show(found)
+
+    def _show(self, found: Diagnosis | None) -> None:
         self.diagnosis = found
         self.set_class(found is not None, "shown")
         self.update(f"⚠ {found.advice}" if found else "")

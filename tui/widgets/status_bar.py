@@ -77,13 +77,19 @@ class ServerStatusBar(Static):
             ready = ""
             if record is not None and record.ready_after_s is not None:
                 ready = f" [$foreground-muted](ready in {record.ready_after_s:.0f} s)[/]"
-            line2 = (
-                f"[$foreground-muted]spec[/] {escape(spec_label(profile))}{ready}"
-                f"   [$foreground-muted]kv[/] {escape(profile.kv_cache_dtype)}"
-                f"   [$foreground-muted]model[/] {escape(profile.model)}"
-            )
+            parts = [
+                f"[$foreground-muted]spec[/] {escape(spec_label(profile))}{ready}",
+                f"[$foreground-muted]kv[/] {escape(profile.kv_cache_dtype)}",
+            ]
+            stage = status.stage if status is not None else None
+            if stage is not None:
+                # While loading, what vLLM is doing says more than the model path.
+                parts.append(f"[$server-busy]{escape(stage.describe())}[/]")
+            else:
+                parts.append(f"[$foreground-muted]model[/] {escape(profile.model)}")
             if self.mtp_note:
-                line2 += f"   [$warning]{escape(self.mtp_note)}[/]"
+                parts.append(f"[$warning]{escape(self.mtp_note)}[/]")
+            line2 = "   ".join(parts)
         else:
             line2 = "[i]no serve profile: run `qtui init` or pass --profile[/]"
         return Content.from_markup(line1 + "\n" + line2)
