@@ -184,6 +184,31 @@ class Lane:
              "gpu_after": self.gpu_now()},
         )  # fmt: skip
 
+    def part_cold(self, models: dict[str, Path]) -> None:
+        """Only a first start, watched from the panel: the loading stages it shows."""
+        self.write_config(models["good"])
+        self.step("cold_panel", asyncio.run(self.watch_start()))
+        self.keep_log("cold-watched")
+
+    async def watch_start(self) -> dict[str, Any]:
+        from tui.app import make_app
+        from tui.widgets.status_bar import ServerStatusBar
+
+        app = make_app()
+        seen: list[tuple[float, str]] = []
+        started = time.monotonic()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.press("s")
+            while time.monotonic() - started < 400:
+                text = str(app.screen.query_one(ServerStatusBar).render())
+                if not seen or text != seen[-1][1]:
+                    seen.append((round(time.monotonic() - started, 1), text))
+                if "● ready" in text:
+                    break
+                await asyncio.sleep(1.0)
+            app.save_screenshot("panel-cold-ready-80x24.svg", str(self.out))
+        return {"bar_changes": seen, "seconds": round(time.monotonic() - started, 1)}
+
     async def screenshots(self) -> dict[str, Any]:
         from tui.app import make_app
 
@@ -241,13 +266,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/lane-out")))
     parser.add_argument("--work", type=Path, default=Path("/tmp/qtui-lane"))
-    parser.add_argument("--part", choices=("serve", "checks", "all"), default="all")
+    parser.add_argument("--part", choices=("serve", "checks", "cold", "all"), default="all")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     lane = Lane(args.out, args.work)
     started = time.monotonic()
     try:
         models = lane.build_models()
+        if args.part == "cold":
+            lane.part_cold(models)
         if args.part in ("serve", "all"):
             lane.part_serve(models)
         if args.part in ("checks", "all"):

@@ -220,3 +220,6 @@ def test_loading_stages_of_a_real_gpu_cold_start() -> None:
     assert final is not None and final.name == "starting the API server"
     assert diagnose(lines) is None  # a healthy cold start: nothing pinned
     assert loading_stage(["INFO: Started server process [1]"]) is None
+    first = next(i for i, line in enumerate(lines) if "Resolved architecture" in line)
+    configuring = loading_stage(lines[: first + 1], year=2026)
+    assert configuring is not None and configuring.name == "configuring the engine"
