@@ -15,6 +15,7 @@ from backend.config import ConfigError
 
 # Each module defines `register(subparsers)` and sets `handler` on its parsers.
 COMMAND_MODULES = (
+    "tui.commands.bench",
     "tui.commands.chat",
     "tui.commands.mtp",
     "tui.commands.quantize",
