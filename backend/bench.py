@@ -311,6 +311,52 @@ class BenchRun:
         found["overall"] = fast_all / slow_all if slow_all and fast_all else None
         return found
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BenchRun:
+        """A kept result back as a run (for tables and charts); BenchError if it is not one."""
+        try:
+            return cls._from_json(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise BenchError(f"result {data.get('id', '?')} is unreadable ({error!r})") from None
+
+    @classmethod
+    def _from_json(cls, data: dict[str, Any]) -> BenchRun:
+        fields = set(Measurement.__dataclass_fields__)
+
+        def measurement(run: dict[str, Any]) -> Measurement:
+            known = {key: value for key, value in run.items() if key in fields}
+            # Results kept before the engine's figure existed called the client's tok/s so.
+            known.setdefault("usage_tokens_per_s", run.get("tokens_per_s"))
+            return Measurement(**known)
+
+        halves = [
+            HalfResult(
+                half["spec"],
+                [
+                    PromptResult(
+                        prompt["name"],
+                        prompt["prompt"],
+                        prompt["max_tokens"],
+                        [measurement(run) for run in prompt["runs"]],
+                    )
+                    for prompt in half["prompts"]
+                ],
+            )
+            for half in data["halves"]
+        ]
+        return cls(
+            id=str(data["id"]),
+            created=str(data.get("created", "")),
+            url=str(data.get("url", "")),
+            profile_name=data.get("profile_name"),
+            profile=data.get("profile"),
+            vllm_version=data.get("vllm_version"),
+            device=str(data.get("device", "")),
+            repeat=int(data.get("repeat", 1)),
+            concurrency=int(data.get("concurrency", 1)),
+            halves=halves,
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -501,15 +547,15 @@ def fmt_rate(value: float | None, digits: int = 1, suffix: str = "") -> str:
 def result_table(run: BenchRun) -> str:
     """One row per prompt: each half's median tok/s (acceptance), then the speed-up."""
     halves = run.halves
-    head = f"{'prompt':<16}{'tokens':>7}" + "".join(
-        f"{'tok/s ' + half.spec:>16}{'TTFT ms':>9}" for half in halves
+    head = f"{'prompt':<14}{'tokens':>6}" + "".join(
+        f"{'tok/s ' + half.spec:>14}{'TTFT ms':>8}" for half in halves
     )
     if len(halves) == 2:
-        head += f"{'speed-up':>10}"
+        head += f"{'gain':>8}"
     lines = [f"{run.device}  vLLM {run.vllm_version or '?'}  repeat {run.repeat}", head]
     speedups = run.speedups()
     for index, prompt in enumerate(halves[0].prompts):
-        row = f"{prompt.name:<16}{prompt.max_tokens:>7}"
+        row = f"{prompt.name[:13]:<14}{prompt.max_tokens:>6}"
         for half in halves:
             result = half.prompts[index]
             accept = result.median("acceptance_rate")
@@ -517,23 +563,20 @@ def result_table(run: BenchRun) -> str:
             if any(run.agrees is False for run in result.runs):
                 cell += "*"
             if accept is not None:
-                cell += f" ({accept:.0%})"
+                cell += f" {accept:.0%}"
             ttft = result.median("ttft_s")
-            row += f"{cell:>16}{fmt_rate(ttft * 1000 if ttft else None, 0):>9}"
+            row += f"{cell:>14}{fmt_rate(ttft * 1000 if ttft else None, 0):>8}"
         if len(halves) == 2:
-            row += f"{fmt_rate(speedups.get(prompt.name), 2, 'x'):>10}"
+            row += f"{fmt_rate(speedups.get(prompt.name), 2, 'x'):>8}"
         lines.append(row)
-    overall = f"{'overall':<16}{'':>7}" + "".join(
-        f"{fmt_rate(half.overall_tokens_per_s):>16}{'':>9}" for half in halves
+    overall = f"{'overall':<14}{'':>6}" + "".join(
+        f"{fmt_rate(half.overall_tokens_per_s):>14}{'':>8}" for half in halves
     )
     if len(halves) == 2:
-        overall += f"{fmt_rate(speedups.get('overall'), 2, 'x'):>10}"
+        overall += f"{fmt_rate(speedups.get('overall'), 2, 'x'):>8}"
     lines.append(overall)
     if any(run.agrees is False for half in halves for p in half.prompts for run in p.runs):
-        lines.append(
-            "* the client saw a rate more than 3 % off the engine's (a busy client machine "
-            "receives the stream in bursts); the engine's is shown"
-        )
+        lines.append("* the client's rate was over 3 % off the engine's; the engine's is shown")
     return "\n".join(lines)
 
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
 
+from backend.bench import MODEL_CARD_PROMPTS, BenchPrompt
+from backend.config import Settings, mtp_cpu_profile
+from backend.engine import Engine
+from backend.supervisor import ServerSupervisor
+from tests.conftest import engine_spec, free_port
 from tests.test_mtp_live import mtp_config, qtui, status_json
+from tui.app import make_app
+from tui.screens.bench import BenchScreen
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 __all__ = ["mtp_config"]  # the fixture, shared with the live MTP tests
@@ -22,7 +30,7 @@ def test_ab_bench_runs_both_halves_and_leaves_the_server_as_it_was(
     result = qtui("bench", "--ab", "--max-tokens", "48", "--json", str(out), timeout=600)
     assert result.returncode == 0, result.stderr
     assert "restarting tiny-mtp with spec off" in result.stderr
-    assert "speed-up" in result.stdout and "overall" in result.stdout
+    assert "gain" in result.stdout and "overall" in result.stdout
     data = json.loads(out.read_text())
     assert [half["spec"] for half in data["halves"]] == ["mtp:1", "off"]
     assert data["profile"]["speculative"]["method"] == "mtp" and data["device"]
@@ -60,3 +68,36 @@ def test_ab_needs_a_server_qtui_runs(mtp_config: int) -> None:
     assert refused.returncode == 1 and "needs a server qtui runs" in refused.stderr
     nothing = qtui("bench")
     assert nothing.returncode == 1 and "qtui serve start" in nothing.stderr
+
+
+async def test_bench_screen_runs_ab_by_key_and_charts_it(
+    engine: Engine, tiny_qwen35: Path, tmp_path: Path
+) -> None:
+    profile = mtp_cpu_profile(str(tiny_qwen35), port=free_port())
+    supervisor = ServerSupervisor(engine)
+    settings = Settings(
+        vllm=engine_spec(), profiles={"tiny-mtp": profile}, default_profile="tiny-mtp"
+    )
+    short = tuple(BenchPrompt(p.name, p.prompt, 24) for p in MODEL_CARD_PROMPTS)
+    await asyncio.to_thread(supervisor.start, "tiny-mtp", profile, timeout_s=300)
+    app = make_app(settings=settings, supervisor=supervisor, poll_interval_s=0.5)
+    try:
+        async with app.run_test(size=(100, 40)) as pilot:
+            screen = BenchScreen(supervisor, prompts=short, ready_timeout_s=300)
+            app.push_screen(screen)
+            await pilot.pause()
+            await pilot.press("a")
+            await pilot.pause()
+            for worker in list(app.workers):
+                if worker.group == "bench-run":
+                    await worker.wait()
+            await pilot.pause()
+            assert screen.shown is not None, str(screen.query_one("#bench-progress").render())
+            assert [half.spec for half in screen.shown.halves] == ["mtp:1", "off"]
+            chart = str(screen.query_one("#bench-chart").render())
+            assert chart.count("█") > 8 and "mtp:1" in chart and "off" in chart
+            assert "x" in chart.split("mtp:1")[1].splitlines()[0]  # the gain on the MTP line
+            assert "done: kept as" in str(screen.query_one("#bench-progress").render())
+            assert supervisor.load_record().spec == "mtp"  # type: ignore[union-attr]
+    finally:
+        await asyncio.to_thread(supervisor.stop)

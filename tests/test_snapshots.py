@@ -22,6 +22,8 @@ from tui.app import QtuiApp, make_app
 from tui.screens.profile_editor import ProfileEditorScreen
 
 SIZES = [(80, 24), (160, 50)]
+SETTLING = ("mtp-doctor", "bench-list")
+"""Workers whose result the screen shows: a snapshot waits for them."""
 THEMES = ["qtui-dark", "qtui-light"]
 
 
@@ -55,10 +57,46 @@ def snapshot_app(theme: str, state_dir: Path) -> QtuiApp:
     )
 
 
+def keep_example_bench_result() -> None:
+    """A kept A/B result with fixed figures (the bench screen shows the newest)."""
+    from backend.bench import BenchRun, HalfResult, Measurement, PromptResult, save_run
+
+    def half(spec: str, rates: list[float], accept: float | None) -> HalfResult:
+        prompts = []
+        for (name, text, tokens), rate in zip(CARD, rates, strict=True):
+            seconds = tokens / rate
+            run = Measurement(
+                ttft_s=0.05, decode_s=seconds, tokens=tokens, usage_tokens_per_s=rate,
+                engine_decode_s=seconds, counter_tokens_per_s=rate, acceptance_rate=accept,
+                mean_acceptance_length=None if accept is None else 1 + accept,
+            )  # fmt: skip
+            prompts.append(PromptResult(name, text, tokens, [run]))
+        return HalfResult(spec, prompts)
+
+    run = BenchRun(
+        id="20261130-120000", created="2026-11-30T12:00:00", url="http://127.0.0.1:8000",
+        profile_name="tiny-mtp", profile=None, vllm_version="0.32.0", device="1x NVIDIA H200",
+        repeat=3, concurrency=1,
+        halves=[
+            half("mtp:1", [61.2, 59.8, 58.1, 60.4], 0.88),
+            half("off", [32.1, 31.8, 31.5, 32.0], None),
+        ],
+    )  # fmt: skip
+    save_run(run)
+
+
+CARD = [
+    ("haiku", "Write a haiku", 128),
+    ("quantum", "Explain quantum computing in 3 paragraphs", 256),
+    ("deep-learning", "Write 8 paragraphs about deep learning history", 1024),
+    ("arithmetic", "What is 127*83? Show reasoning", 256),
+]
+
+
 async def _settle(pilot: Pilot[Any]) -> None:
     await pilot.pause()
     for _ in range(100):  # the doctor's verdict lands in the status bar; wait for it
-        if not any(w.group == "mtp-doctor" and not w.is_finished for w in pilot.app.workers):
+        if not any(w.group in SETTLING for w in pilot.app.workers if not w.is_finished):
             break
         await pilot.pause(0.05)
     screen = pilot.app.screen
@@ -89,6 +127,7 @@ SCREENS: dict[str, tuple[str, ...]] = {
     "profile_picker": ("p",),
     "profile_editor": ("e",),
     "quantize": ("a",),
+    "bench": ("b",),
 }
 
 
@@ -99,4 +138,6 @@ def test_screen_snapshot(
     snap_compare: Any, tmp_path: Path, screen: str, theme: str, size: tuple[int, int]
 ) -> None:
     app = snapshot_app(theme, tmp_path / "state")
+    if screen == "bench":
+        keep_example_bench_result()
     assert snap_compare(app, terminal_size=size, run_before=_keys(*SCREENS[screen]))

@@ -220,6 +220,9 @@ class QtuiApp(App[int]):
         sources.append(("chat", ChatPane.BINDINGS))
         sources.append(("profile editor", ProfileEditorScreen.BINDINGS))
         sources.append(("quantize", QuantizeScreen.BINDINGS))
+        from tui.screens.bench import BenchScreen
+
+        sources.append(("bench", BenchScreen.BINDINGS))
         self.push_screen(HelpScreen(binding_rows(sources, self.settings.keymap)))
 
     def _require_profile(self) -> tuple[str, ServeProfile] | None:
@@ -360,6 +363,14 @@ class QtuiApp(App[int]):
                 return
         self.push_screen(QuantizeScreen())
 
+    def action_bench(self) -> None:
+        from tui.screens.bench import BenchScreen  # imported when first opened
+
+        if not any(isinstance(screen, BenchScreen) for screen in self.screen_stack):
+            self.push_screen(
+                BenchScreen(self.supervisor, ready_timeout_s=self.settings.ready_timeout_s)
+            )
+
     def action_pick_profile(self) -> None:
         def chosen(name: str | None) -> None:
             if name:
@@ -411,6 +422,11 @@ class QtuiApp(App[int]):
             "Stop server", "Stop the server and its processes", self.action_stop_server
         )
         yield SystemCommand("Restart server", "Stop, then start", self.action_restart_server)
+        yield SystemCommand(
+            "Bench: spec decoding off vs on",
+            "Decode tok/s on the model card's four prompts, A/B (restarts the server twice)",
+            self.action_bench,
+        )
         yield SystemCommand(
             "Toggle MTP / speculative decoding",
             "Switch speculative decoding on or off (restarts a running server)",

@@ -73,6 +73,8 @@ class ServerScreen(Screen[None]):
                 tooltip="Edit the selected serve profile (preview, diff, apply)"),
         Binding("a", "app.quantize", "Quantize", id="quantize", show=False,
                 tooltip="Quantize a model with AutoRound (W4A16) and fix its MTP head"),
+        Binding("b", "app.bench", "Bench", id="bench", show=False,
+                tooltip="Decode tok/s with spec decoding off vs on (the model card's table)"),
         Binding("l", "show_tab('tab-log')", "Log", id="show_log",
                 tooltip="Show the server log", show=False),
         # priority: handled as the key arrives, so what is typed right after it
