@@ -9,10 +9,7 @@ counters read by a plain line scan of /metrics.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,12 +24,12 @@ from backend.tiny_qwen35 import build_tiny_qwen35
 from tests.conftest import engine_spec, free_port
 from tests.mtp_checkpoints import copy_checkpoint, drop_fc, pack_fc, set_fc_coverage
 from tests.test_metrics_live import ACCEPTED, DRAFT_TOKENS, DRAFTS, PER_POS, raw_counters
+from tests.test_serve_real import qtui, status_json
 from tui.app import CONTROL_GROUP, make_app
 from tui.widgets.telemetry import TelemetryPanel
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-QTUI = [sys.executable, "-m", "tui"]
 PROMPTS = (
     "def main(argv):\n    parser = argparse.ArgumentParser()",
     "import os\nimport sys\n\nclass Config:",
@@ -40,18 +37,6 @@ PROMPTS = (
     "for index, value in enumerate(values):\n    if value is None:",
 )
 GOOD_ACCEPTANCE = 0.85
-
-
-def qtui(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*QTUI, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-
-
-def status_json() -> dict:
-    result = qtui("serve", "status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def generate(url: str, max_tokens: int = 48) -> None:
@@ -103,6 +88,17 @@ def assert_drafts_well(figures: dict) -> float:
     assert run["mean_acceptance_length"] == pytest.approx(1 + raw[ACCEPTED] / raw[DRAFTS])
     assert not [w for w in telemetry["warnings"] if "accepts almost nothing" in w]
     return float(run["acceptance_rate"])
+
+
+def serve_and_measure(model: Path, label: str) -> float:
+    """`qtui serve start --model` with MTP, four fixed replies, the acceptance it then shows."""
+    started = qtui("serve", "start", "--model", str(model))
+    assert started.returncode == 0, started.stderr
+    url = status_json()["url"]
+    generate(url)
+    acceptance = assert_drafts_well(run_figures(url))
+    print(f"\n{label}: acceptance {acceptance:.3f}")
+    return acceptance
 
 
 def test_m_on_drafts_well_and_m_off_removes_the_spec_counters(mtp_config: int) -> None:
@@ -169,11 +165,7 @@ def test_autoround_pipeline_ends_drafting(mtp_config: int, quantized: Path) -> N
     report = diagnose_checkpoint(quantized)
     assert report.verdict is Verdict.READY, report.reason
     assert report.fc is not None and report.fc.kind == "dense"
-    started = qtui("serve", "start", "--model", str(quantized))
-    assert started.returncode == 0, started.stderr
-    url = status_json()["url"]
-    generate(url)
-    print(f"\nINT4 main weights: acceptance {assert_drafts_well(run_figures(url)):.3f}")
+    serve_and_measure(quantized, "INT4 main weights")
 
 
 def test_packed_fc_outside_the_quant_config_is_fixable_and_patch_makes_it_draft(
@@ -192,11 +184,7 @@ def test_packed_fc_outside_the_quant_config_is_fixable_and_patch_makes_it_draft(
 
     patched = qtui("mtp", "patch", str(model))
     assert patched.returncode == 0, patched.stdout + patched.stderr
-    started = qtui("serve", "start", "--model", str(model))
-    assert started.returncode == 0, started.stderr
-    url = status_json()["url"]
-    generate(url)
-    print(f"\npacked fc, patched: acceptance {assert_drafts_well(run_figures(url)):.3f}")
+    serve_and_measure(model, "packed fc, patched")
 
 
 def test_packed_fc_covered_by_the_quant_config_is_ready_and_drafts(
@@ -208,11 +196,7 @@ def test_packed_fc_covered_by_the_quant_config_is_ready_and_drafts(
     assert "loads it quantized" in report.reason and report.fc_built_quantized
     older = diagnose_checkpoint(model, "0.24.1")
     assert older.verdict is Verdict.FIXABLE and "accept no drafts" in older.reason
-    started = qtui("serve", "start", "--model", str(model))
-    assert started.returncode == 0, started.stderr
-    url = status_json()["url"]
-    generate(url)
-    print(f"\npacked fc, covered: acceptance {assert_drafts_well(run_figures(url)):.3f}")
+    serve_and_measure(model, "packed fc, covered")
 
 
 def test_bf16_fc_that_the_quant_config_covers_is_fixable(
