@@ -48,10 +48,14 @@ class Phase(StrEnum):
     READY = "ready"
     FAILED = "failed"
     STOPPING = "stopping"
+    NOT_RESPONDING = "not responding"
+    """Running, ready once, and /health no longer answers (hung, frozen, deadlocked)."""
 
     @property
     def is_up(self) -> bool:
-        return self in (Phase.STARTING, Phase.LOADING, Phase.READY, Phase.STOPPING)
+        return self in (
+            Phase.STARTING, Phase.LOADING, Phase.READY, Phase.STOPPING, Phase.NOT_RESPONDING,
+        )  # fmt: skip
 
 
 class SupervisorError(RuntimeError):
@@ -92,6 +96,8 @@ class ServerRecord:
     """When /health first answered 200 (seen by the launcher's wait)."""
     stop_before_s: float | None = None
     """How long stopping the previous server took, for a restart or an `m` toggle."""
+    unresponsive_since: float | None = None
+    """When a server that had been ready was first seen not answering /health."""
 
     @property
     def serve_profile(self) -> ServeProfile:
@@ -254,7 +260,19 @@ class ServerSupervisor:
             if record.intent == "stopping":
                 return ServerStatus(Phase.STOPPING, record)
             if self.health_ok(record.url):
+                if record.unresponsive_since is not None:
+                    self._note_unresponsive(record, None)
                 return ServerStatus(Phase.READY, record)
+            if record.ready_at is not None:
+                # It answered before: not loading again, but hung (or frozen by SIGSTOP).
+                if record.unresponsive_since is None:
+                    self._note_unresponsive(record, time.time())
+                since = datetime.fromtimestamp(record.unresponsive_since or time.time())
+                reason = (
+                    f"/health has not answered since {since:%H:%M:%S}: the server is hung or "
+                    "frozen; stop it (x, `qtui serve stop`) or wait"
+                )
+                return ServerStatus(Phase.NOT_RESPONDING, record, reason)
             lines = tail_lines(Path(record.log_path), 400)
             loading = shows_loading(lines)
             return ServerStatus(
@@ -272,6 +290,19 @@ class ServerSupervisor:
         record.stopped_at = time.time()
         self._save_record(record)
         return ServerStatus(Phase.FAILED, record, record.reason, record.exit_code)
+
+    def _note_unresponsive(self, record: ServerRecord, since: float | None) -> None:
+        """Written once when /health stops answering and once when it answers again.
+
+        Without the lock: status() runs inside start()'s locked section, and a second
+        flock from this process would wait for itself. The write is one atomic rename of a
+        record re-read just before, for the same server still meant to run.
+        """
+        current = self.load_record()
+        if current is not None and current.pid == record.pid and current.intent == "run":
+            current.unresponsive_since = since
+            self._save_record(current)
+        record.unresponsive_since = since
 
     def failure_reason(self, record: ServerRecord) -> str:
         lines = tail_lines(Path(record.log_path), 600)
@@ -305,6 +336,11 @@ class ServerSupervisor:
         """
         with self._locked():
             current = self.status()
+            if current.phase is Phase.NOT_RESPONDING and current.record:
+                raise SupervisorError(
+                    f"the server at {current.record.url} (pid {current.record.pid}) is not "
+                    f"responding; {current.reason}"
+                )
             if current.phase.is_up and current.record:
                 raise SupervisorError(
                     f"a server is already {current.phase.value} (pid {current.record.pid}, "
@@ -432,6 +468,9 @@ class ServerSupervisor:
             if self._leader_alive(record):
                 record.intent = "stopping"
                 self._save_record(record)
+                # A frozen group (SIGSTOP, a debugger) acts on no signal until continued.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(record.pgid, signal.SIGCONT)
                 for step, wait in (("SIGINT", first_wait_s), ("SIGINT again", second_wait_s)):
                     report.steps.append(step)
                     with contextlib.suppress(ProcessLookupError):

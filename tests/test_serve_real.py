@@ -6,6 +6,7 @@ starting, restarting and stopping, which a shared server cannot show.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -207,3 +208,25 @@ def test_sigint_to_cli_while_waiting_does_not_orphan(configured: int) -> None:
     stopped = qtui("serve", "stop")
     assert stopped.returncode == 0
     assert group_members(data["pgid"]) == []
+
+
+def test_a_frozen_server_is_not_responding_and_stop_still_works(configured: int) -> None:
+    """SIGSTOP looks like a GPU hang or a deadlock: the process lives, /health never answers."""
+    started = qtui("serve", "start")
+    assert started.returncode == 0, started.stderr
+    pgid = status_json()["pgid"]
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        frozen = status_json()
+        assert frozen["phase"] == "not responding", frozen
+        assert "has not answered since" in frozen["reason"]
+        again = qtui("serve", "start")
+        assert again.returncode == 1 and "is not responding" in again.stderr, again.stderr
+        assert "stop it" in again.stderr
+        stopped = qtui("serve", "stop")
+        assert stopped.returncode == 0, stopped.stderr
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGCONT)
+    assert status_json()["phase"] == "stopped"
+    assert group_members(pgid) == []

@@ -177,7 +177,8 @@ class ServerScreen(Screen[None]):
         if status.phase == Phase.READY:
             self.query_one(LogDoctor).server_ready()
         reason = self.query_one("#status-reason", Static)
-        text = status.reason if status.phase == Phase.FAILED and status.reason else ""
+        stuck = status.phase in (Phase.FAILED, Phase.NOT_RESPONDING)
+        text = status.reason if stuck and status.reason else ""
         pinned = self.query_one(LogDoctor).diagnosis
         if pinned is not None and pinned.advice == text:
             text = ""  # the log doctor already shows this line above the log

@@ -17,6 +17,7 @@ PHASE_MARK = {
     Phase.STOPPING: "◒",
     Phase.FAILED: "✖",
     Phase.STOPPED: "○",
+    Phase.NOT_RESPONDING: "◌",
 }
 
 PHASE_COLOUR = {
@@ -26,6 +27,7 @@ PHASE_COLOUR = {
     Phase.STOPPING: "$server-busy",
     Phase.FAILED: "$error",
     Phase.STOPPED: "$server-down",
+    Phase.NOT_RESPONDING: "$error",
 }
 
 
