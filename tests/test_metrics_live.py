@@ -133,10 +133,12 @@ def test_generation_rate_matches_raw_counters_under_load(vllm_server: RunningSer
     started, before = timed_raw_counters(url)
     with streaming_load(url, streams=4):
         wait_until(lambda: raw_counters(url).get(RUNNING, 0) >= 2)
+        running_seen = []
         for _ in range(10):
             time.sleep(1.0)
-            loaded = scraper.scrape()
-        assert loaded.running is not None and loaded.running >= 1
+            running_seen.append(scraper.scrape().running or 0)
+        # Any one scrape may fall between two requests of every stream (a CI run saw 0).
+        assert max(running_seen) >= 1, running_seen
     settled_counters(url)
     snap = scraper.scrape()
     ended, after = timed_raw_counters(url)
