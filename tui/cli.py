@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "tui.commands.serve",
     "tui.commands.setup",
     "tui.commands.top",
+    "tui.commands.verify",
 )
 
 
