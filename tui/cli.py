@@ -17,6 +17,7 @@ from backend.config import ConfigError
 COMMAND_MODULES = (
     "tui.commands.bench",
     "tui.commands.chat",
+    "tui.commands.fit",
     "tui.commands.mtp",
     "tui.commands.quantize",
     "tui.commands.serve",
