@@ -63,6 +63,16 @@ _MTP_PREFIXES = ("mtp.", "model.mtp.")
 _FLOAT_TENSORS = {"F32": 4, "F16": 2, "BF16": 2}
 
 
+def human_bytes(value: int | None) -> str:
+    """1.50 GiB, 256.00 MiB, 68.00 KiB, 512 B."""
+    if value is None:
+        return "-"
+    for unit, scale in (("GiB", GIB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(value) >= scale:
+            return f"{value / scale:.2f} {unit}"
+    return f"{value} B"
+
+
 class FitError(ValueError):
     """The checkpoint cannot be read for a prediction; the message says why."""
 
@@ -503,7 +513,6 @@ def predict_fit_from(
 
 def _judge(report: FitReport, layout: KvLayout, weights_loaded: int) -> None:
     chosen, max_len, seqs = report.chosen, report.max_model_len, report.max_num_seqs
-    gib = GIB
     if report.budget_bytes is None:
         report.verdict = "unknown"
         report.reason = (
@@ -515,7 +524,7 @@ def _judge(report: FitReport, layout: KvLayout, weights_loaded: int) -> None:
     gpu = report.gpu_total_bytes
     needed = layout.bytes_per_block * (layout.blocks_per_request(max_len) + 1)
     if report.budget_source == "kv_cache_memory_bytes":
-        fixes_budget = f"kv_cache_memory_bytes {needed} ({needed / gib:.2f} GiB)"
+        fixes_budget = f"kv_cache_memory_bytes {needed} ({human_bytes(needed)})"
     elif gpu:
         util = (needed + weights_loaded + report.margin_bytes) / gpu
         fixes_budget = (
@@ -527,13 +536,13 @@ def _judge(report: FitReport, layout: KvLayout, weights_loaded: int) -> None:
         report.verdict = "does not fit"
         if report.budget_bytes <= 0:
             report.reason = (
-                f"the weights ({weights_loaded / gib:.2f} GiB) and margin "
-                f"({report.margin_bytes / gib:.2f} GiB) leave no memory for the KV cache"
+                f"the weights ({human_bytes(weights_loaded)}) and margin "
+                f"({human_bytes(report.margin_bytes)}) leave no memory for the KV cache"
             )
         else:
             report.reason = (
-                f"max_model_len {max_len} needs {needed / gib:.2f} GiB of KV cache; "
-                f"{report.budget_bytes / gib:.2f} GiB holds at most {chosen.largest_context} tokens"
+                f"max_model_len {max_len} needs {human_bytes(needed)} of KV cache; "
+                f"{human_bytes(report.budget_bytes)} holds at most {chosen.largest_context} tokens"
             )
         if chosen.largest_context:
             fixes.append(f"max_model_len {chosen.largest_context}")

@@ -113,6 +113,29 @@ def check_mtp_head(model_dir: Path, vllm_version: str | None) -> None:
         )
 
 
+def check_fits(profile: ServeProfile, engine: Engine) -> None:
+    """Refuse a profile that vLLM would certainly reject for want of KV-cache memory.
+
+    Only a certain prediction refuses: an exact budget (kv_cache_memory_bytes), or a
+    GPU budget that falls short even with no margin held back. Anything qtui cannot
+    size (a packed KV dtype, an odd checkpoint) is left for vLLM to judge.
+    """
+    from backend.fit import FitError, engine_platform, gpu_memory, predict_fit, refusal
+
+    platform = engine_platform(engine)
+    total = None
+    if platform == "cuda" and profile.kv_cache_memory_bytes is None:
+        memory = gpu_memory()
+        total = memory[1] if memory else None
+    try:
+        report = predict_fit(profile, platform=platform, gpu_total_bytes=total)
+    except FitError:
+        return
+    message = refusal(report)
+    if message:
+        raise LaunchRefused(message)
+
+
 def _has_linear_attention(model_dir: Path) -> bool:
     """A Qwen3.5/Qwen3-Next checkpoint: Gated DeltaNet layers beside full attention."""
     try:
@@ -250,12 +273,19 @@ def _checked_draft(profile: ServeProfile) -> ServeProfile:
 
 
 def plan_launch(
-    profile: ServeProfile, engine: Engine, *, check_port: bool = True, check_mtp: bool = True
+    profile: ServeProfile,
+    engine: Engine,
+    *,
+    check_port: bool = True,
+    check_mtp: bool = True,
+    check_fit: bool = False,
 ) -> LaunchPlan:
     """Validate `profile` against this machine and the installed vLLM.
 
     `check_mtp` runs the MTP doctor on a local checkpoint when MTP is on; turning it
     off is for those who want to see what vLLM itself does with the head.
+    `check_fit` refuses a profile whose KV cache certainly cannot fit (the
+    supervisor's launches turn it on; `--skip-fit-check` turns it off).
     """
     notes: list[str] = []
     model = profile.model
@@ -284,6 +314,8 @@ def plan_launch(
         raise LaunchRefused(str(error)) from None
     if note:
         notes.append(note)
+    if check_fit and looks_local:
+        check_fits(profile.model_copy(update={"kv_cache_dtype": kv_dtype}), engine)
 
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "NO_COLOR": "1", **profile.env}
     gdn_note = _without_flashinfer(profile, facts, model_path if looks_local else None, env)

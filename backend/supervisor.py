@@ -314,10 +314,12 @@ class ServerSupervisor:
         return f"vLLM exited{code}: {last}" if last else f"vLLM exited{code}; see {record.log_path}"
 
     # -- starting ---------------------------------------------------------
-    def plan(self, profile: ServeProfile, *, check_mtp: bool = True) -> LaunchPlan:
+    def plan(
+        self, profile: ServeProfile, *, check_mtp: bool = True, check_fit: bool = True
+    ) -> LaunchPlan:
         if self.engine is None:
             raise SupervisorError("no vLLM engine configured: set QTUI_VLLM")
-        return plan_launch(profile, self.engine, check_mtp=check_mtp)
+        return plan_launch(profile, self.engine, check_mtp=check_mtp, check_fit=check_fit)
 
     def start(
         self,
@@ -328,6 +330,7 @@ class ServerSupervisor:
         timeout_s: float = 900.0,
         on_phase: Callable[[ServerStatus], None] | None = None,
         check_mtp: bool = True,
+        check_fit: bool = True,
     ) -> ServerStatus:
         """Launch the server; with `wait`, return once /health answers 200.
 
@@ -346,7 +349,7 @@ class ServerSupervisor:
                     f"a server is already {current.phase.value} (pid {current.record.pid}, "
                     f"{current.record.url}): stop it first, or use restart"
                 )
-            plan = self.plan(profile, check_mtp=check_mtp)
+            plan = self.plan(profile, check_mtp=check_mtp, check_fit=check_fit)
             record = self._spawn(profile_name, profile, plan)
         if not wait:
             return self.status()

@@ -22,11 +22,13 @@ from backend.fit import (
     Platform,
     engine_platform,
     gpu_memory,
+    human_bytes,
     predict_fit,
 )
 from tui.cli import CommandError
 from tui.commands.common import engine_or_none, settings
 
+size = human_bytes
 EXIT_CODES = {"fits": 0, "tight": 0, "unknown": 0, "does not fit": 3}
 
 
@@ -118,15 +120,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
     else:
         print("\n".join(render(report)))
     return EXIT_CODES[report.verdict]
-
-
-def size(value: int | None) -> str:
-    if value is None:
-        return "-"
-    for unit, scale in (("GiB", GIB), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f} {unit}"
-    return f"{value} B"
 
 
 def _count(value: int | None) -> str:

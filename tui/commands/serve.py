@@ -64,6 +64,11 @@ def _add_profile_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start MTP even where the MTP doctor says vLLM would not draft (to see for yourself)",
     )
+    parser.add_argument(
+        "--skip-fit-check",
+        action="store_true",
+        help="start even where `qtui fit` says the KV cache cannot fit",
+    )
     parser.epilog = "Arguments after `--` go to `vllm serve` unchanged."
 
 
@@ -122,6 +127,7 @@ def _start(args: argparse.Namespace, restart: bool) -> int:
             timeout_s=config.ready_timeout_s,
             on_phase=_progress,
             check_mtp=not getattr(args, "skip_mtp_check", False),
+            check_fit=not getattr(args, "skip_fit_check", False),
         )
     except LaunchRefused as error:
         raise CommandError(str(error), exit_code=2) from None
