@@ -546,6 +546,9 @@ def _judge(report: FitReport, layout: KvLayout, weights_loaded: int) -> None:
             )
         if chosen.largest_context:
             fixes.append(f"max_model_len {chosen.largest_context}")
+        longest = _largest_context_for(layout, chosen.num_blocks, seqs) if seqs else 0
+        if seqs and seqs > 1 and longest:
+            fixes.append(f"max_model_len {longest} (for {seqs} full-length requests at once)")
         fixes += [
             f"kv_cache_dtype {other.kv_cache_dtype} (largest context {other.largest_context})"
             for other in report.others
@@ -563,7 +566,7 @@ def _judge(report: FitReport, layout: KvLayout, weights_loaded: int) -> None:
         )
         longest = _largest_context_for(layout, chosen.num_blocks, seqs)
         if longest:
-            fixes.append(f"max_model_len {longest} (for {seqs} full-length requests)")
+            fixes.append(f"max_model_len {longest} (for {seqs} full-length requests at once)")
         fixes += [
             f"kv_cache_dtype {other.kv_cache_dtype} ({other.concurrency:.2f} requests)"
             for other in report.others

@@ -21,7 +21,7 @@ from backend.fit import (
     predict_fit_from,
     refusal,
 )
-from backend.safetensors_header import TensorSpec, encode_header, write_safetensors
+from backend.safetensors_header import TensorSpec, write_safetensors
 from backend.serve_args import LaunchRefused, plan_launch
 from backend.supervisor import ServerSupervisor
 from backend.telemetry_checks import startup_readout
