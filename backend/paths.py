@@ -42,3 +42,21 @@ def logs_dir() -> Path:
     path = state_dir() / "logs"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def configured_theme(default: str = "qtui-dark") -> str:
+    """The theme the config names, read without loading the settings.
+
+    The panel paints its first frame before pydantic is imported; reading this
+    one key with tomllib lets that frame already wear the user's theme.
+    """
+    import tomllib
+
+    if theme := os.environ.get("QTUI_THEME"):
+        return theme
+    try:
+        with open(config_file(), "rb") as handle:
+            value = tomllib.load(handle).get("theme")
+    except (OSError, ValueError):
+        return default
+    return value if isinstance(value, str) else default

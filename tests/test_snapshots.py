@@ -95,6 +95,10 @@ CARD = [
 
 async def _settle(pilot: Pilot[Any]) -> None:
     await pilot.pause()
+    for _ in range(100):  # the status bar says "… checking" until the first poll
+        if not isinstance(pilot.app, QtuiApp) or pilot.app.server_status is not None:
+            break
+        await pilot.pause(0.05)
     for _ in range(100):  # the doctor's verdict lands in the status bar; wait for it
         if not any(w.group in SETTLING for w in pilot.app.workers if not w.is_finished):
             break

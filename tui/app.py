@@ -14,53 +14,56 @@ import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual import on, work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
-from textual.reactive import reactive
+from textual.reactive import var
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from backend.config import (
-    ConfigError,
-    ServeProfile,
-    Settings,
-    load_settings,
-    resolve_profile,
-    save_user_config,
-)
-from backend.engine import EngineError, resolve_engine
-from backend.gpu import GpuSampler
-from backend.metrics import MetricsScraper
-from backend.mtp_doctor import Report, Verdict, diagnose_checkpoint
-from backend.mtp_patch import PatchError, patch_checkpoint
-from backend.serve_args import LaunchRefused
-from backend.supervisor import ServerSupervisor, SupervisorError, took
-from backend.telemetry_checks import scraper_for, startup_readout
+from backend import paths
+from backend.server_state import Phase, ServerStatus, took
 from backend.vllm_log import clean_line, is_own_polling, tail_lines
 from themes import QTUI_THEMES, TCSS_PATH, THEME_NAMES
 from tui.messages import ServerLogLines, ServerStatusPolled, TelemetrySampled
-from tui.screens.confirm import ConfirmScreen
-from tui.screens.help import HelpScreen, binding_rows
-from tui.screens.profile_editor import ProfileEditorScreen
-from tui.screens.profile_picker import ProfilePicker
-from tui.screens.quantize import QuantizeScreen
 from tui.screens.server import ServerScreen
-from tui.widgets.chat import ChatPane
+
+if TYPE_CHECKING:
+    from backend.config import ServeProfile, Settings
+    from backend.gpu import GpuSample
+    from backend.metrics import MetricsScraper, TelemetrySnapshot
+    from backend.mtp_doctor import Report
+    from backend.supervisor import ServerSupervisor
 
 CONTROL_GROUP = "server-control"
 
 
 class QtuiApp(App[int]):
-    """Serve, watch and stop a vLLM server from one screen."""
+    """Serve, watch and stop a vLLM server from one screen.
+
+    The first frame comes before anything slow: the config (pydantic), the engine
+    probe and the first /health call run in the `boot` worker after it. One
+    watcher worker polls the server and its telemetry; the App keeps the results
+    as reactives (`server_status`, `telemetry`) that screens watch, so key handlers
+    read the last known state instead of asking a server that may not answer.
+    """
 
     TITLE = "qtui"
 
-    selected_profile: reactive[tuple[str, ServeProfile] | None] = reactive(None, init=False)
+    # `var`, not `reactive`: a change on the App must not repaint every screen;
+    # the screens that show these watch them.
+    selected_profile: var[tuple[str, ServeProfile] | None] = var(None, init=False)
     """(name, profile) that `s` starts; screens watch it."""
-    mtp_report: reactive[Report | None] = reactive(None, init=False)
+    mtp_report: var[Report | None] = var(None, init=False)
     """The MTP doctor's verdict on the selected profile's checkpoint (None: not local)."""
+    server_status: var[ServerStatus | None] = var(None, init=False)
+    """The last poll of the server; None until the first poll has answered."""
+    telemetry: var[tuple[TelemetrySnapshot | None, GpuSample | None] | None] = var(
+        None, init=False, always_update=True
+    )
+    """The last /metrics window and GPU sample; None before the first sample."""
     CSS_PATH = TCSS_PATH
     BINDINGS = [
         Binding("q", "quit", "Quit", id="quit", tooltip="Leave qtui (the server keeps running)"),
@@ -75,32 +78,62 @@ class QtuiApp(App[int]):
 
     def __init__(
         self,
-        settings: Settings,
-        supervisor: ServerSupervisor,
+        settings: Settings | None = None,
+        supervisor: ServerSupervisor | None = None,
         profile_name: str | None = None,
         poll_interval_s: float = 1.0,
     ) -> None:
         super().__init__()
-        self.settings = settings
-        self.supervisor = supervisor
+        self._settings = settings
+        self._supervisor = supervisor
+        self._requested_profile = profile_name
         self.poll_interval_s = poll_interval_s
         self._stop_polling = threading.Event()
         # Themes first: the stylesheet refers to their variables.
         for theme in QTUI_THEMES:
             self.register_theme(theme)
-        self.theme = settings.theme if settings.theme in self.available_themes else "qtui-dark"
-        self._choose_initial_profile(profile_name)
+        wanted = settings.theme if settings is not None else paths.configured_theme()
+        self.theme = wanted if wanted in self.available_themes else "qtui-dark"
+        if settings is not None and supervisor is not None:
+            self._choose_initial_profile()
 
     # -- set-up -------------------------------------------------------------
-    def _choose_initial_profile(self, requested: str | None) -> None:
-        status = self.supervisor.status()
-        record = status.record
-        if requested is None and record is not None and status.phase.is_up:
-            # Re-attach: show what the running server uses.
-            self.set_reactive(QtuiApp.selected_profile, (record.profile_name, record.serve_profile))
-            return
-        with contextlib.suppress(ConfigError):
-            self.set_reactive(QtuiApp.selected_profile, resolve_profile(self.settings, requested))
+    @property
+    def booted(self) -> bool:
+        """Config read and supervisor built (the boot worker has finished)."""
+        return self._settings is not None and self._supervisor is not None
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            raise RuntimeError("the config is still being read")
+        return self._settings
+
+    @property
+    def supervisor(self) -> ServerSupervisor:
+        if self._supervisor is None:
+            raise RuntimeError("the panel is still starting")
+        return self._supervisor
+
+    def _choose_initial_profile(self) -> None:
+        """Re-attach to the profile of a server that is meant to run, else the requested one.
+
+        Reads the state file only (no /health call): a frozen server must not
+        delay the panel.
+        """
+        from backend.config import ConfigError, resolve_profile
+
+        record = self.supervisor.load_record()
+        chosen: tuple[str, ServeProfile] | None = None
+        if self._requested_profile is None and record is not None and record.intent == "run":
+            chosen = (record.profile_name, record.serve_profile)
+        else:
+            with contextlib.suppress(ConfigError):
+                chosen = resolve_profile(self.settings, self._requested_profile)
+        if self.is_running:
+            self.selected_profile = chosen  # after boot: the screens watch it
+        else:
+            self.set_reactive(QtuiApp.selected_profile, chosen)
 
     @property
     def profile_name(self) -> str | None:
@@ -114,21 +147,69 @@ class QtuiApp(App[int]):
         return ServerScreen()
 
     def on_mount(self) -> None:
+        # After the first frame: a thread importing pydantic holds the GIL in long
+        # stretches, and started now it would delay that frame by half a second.
+        if self.booted:
+            self._start_watching()
+        else:
+            # A short wait more: the footer fills in a refresh or two later.
+            self.call_after_refresh(self.set_timer, 0.1, self.boot)
+
+    @work(thread=True, group="boot", exit_on_error=False, description="read the config")
+    def boot(self) -> None:
+        """After the first frame: the config, the engine, the supervisor."""
+        from backend.config import ConfigError, load_settings
+        from backend.engine import EngineError, resolve_engine
+        from backend.supervisor import ServerSupervisor
+
+        try:
+            settings = self._settings or load_settings()
+        except ConfigError as error:
+            self.call_from_thread(self.exit, return_code=2, message=f"qtui: config: {error}")
+            return
+        supervisor = self._supervisor
+        if supervisor is None:
+            try:
+                engine = resolve_engine(settings.vllm)
+            except EngineError:
+                engine = None  # the panel still opens; starting says how to fix it
+            supervisor = ServerSupervisor(engine)
+        self.call_from_thread(self._booted, settings, supervisor)
+
+    def _booted(self, settings: Settings, supervisor: ServerSupervisor) -> None:
+        self._settings, self._supervisor = settings, supervisor
+        if settings.theme in self.available_themes and settings.theme != self.theme:
+            self.theme = settings.theme
+        self._choose_initial_profile()
+        self._start_watching()
+
+    def _start_watching(self) -> None:
         if self.settings.keymap:
             self.set_keymap(self.settings.keymap)
-        self.poll_status()
+        self.watch_server()
         self.tail_log()
-        self.sample_telemetry()
         self.check_mtp()
+
+    def _not_booted(self) -> bool:
+        """True (and says so) when a key arrives before the config has been read."""
+        if self.booted:
+            return False
+        self.notify("Still reading the config…", timeout=2)
+        return True
 
     def on_unmount(self) -> None:
         self._stop_polling.set()
 
     def watch_theme(self, theme: str) -> None:
-        if theme in THEME_NAMES and theme != self.settings.theme:
-            self.settings.theme = theme
-            with contextlib.suppress(OSError):
-                save_user_config(self.settings)
+        if not self.booted or theme not in THEME_NAMES or theme == self.settings.theme:
+            return
+        from backend.config import save_user_config
+
+        self.settings.theme = theme
+        try:
+            save_user_config(self.settings)
+        except OSError as error:
+            self.notify(f"Theme not saved: {error}", severity="warning")
 
     @property
     def server_screen(self) -> ServerScreen | None:
@@ -147,40 +228,47 @@ class QtuiApp(App[int]):
                 return
             self._stop_polling.wait(min(left, 0.1))
 
-    @work(thread=True, group="watch-status", exit_on_error=False, description="watch the server")
-    def poll_status(self) -> None:
-        worker = get_current_worker()
-        while not worker.is_cancelled and not self._stop_polling.is_set():
-            status = self.supervisor.status()
-            screen = self.server_screen
-            if screen is not None:
-                screen.post_message(ServerStatusPolled(status))
-            self._pause(worker, self.poll_interval_s)
+    @work(thread=True, group="watch-server", exit_on_error=False,
+          description="watch the server: /health, /metrics, GPU")  # fmt: skip
+    def watch_server(self) -> None:
+        """The one poll: status, then (while it answers) a /metrics scrape and a GPU sample.
 
-    @work(thread=True, group="watch-telemetry", exit_on_error=False,
-          description="GPU and /metrics")  # fmt: skip
-    def sample_telemetry(self) -> None:
-        """1 Hz: NVML/psutil sample and a /metrics scrape of the server we run."""
+        A server that stopped answering is not scraped: its /health timeout is
+        wait enough, and the panel shows "not responding" instead.
+        """
+        from backend.gpu import GpuSampler
+        from backend.telemetry_checks import scraper_for
+
         worker = get_current_worker()
         sampler = GpuSampler()
         scraper: MetricsScraper | None = None
         following: tuple[int, str] | None = None
         while not worker.is_cancelled and not self._stop_polling.is_set():
-            record = self.supervisor.load_record()
-            running = record is not None and record.intent == "run"
-            key = (record.pid, record.url) if record is not None and running else None
+            status = self.supervisor.status()
+            self.post_message(ServerStatusPolled(status))
+            record = status.record if status.phase.is_up else None
+            key = (record.pid, record.url) if record is not None else None
             if key != following:
                 following = key
-                sampler.watch(record.pgid if record is not None and running else None)
-                scraper = scraper_for(record) if record is not None and running else None
-            snapshot = scraper.scrape() if scraper is not None else None
-            screen = self.server_screen
-            if screen is not None:
-                screen.post_message(TelemetrySampled(snapshot, sampler.sample()))
+                sampler.watch(record.pgid if record is not None else None)
+                scraper = scraper_for(record) if record is not None else None
+            answering = status.phase is Phase.READY
+            snapshot = scraper.scrape() if scraper is not None and answering else None
+            self.post_message(TelemetrySampled(snapshot, sampler.sample()))
             self._pause(worker, self.poll_interval_s)
+
+    @on(ServerStatusPolled)
+    def _keep_status(self, message: ServerStatusPolled) -> None:
+        self.server_status = message.status
+
+    @on(TelemetrySampled)
+    def _keep_telemetry(self, message: TelemetrySampled) -> None:
+        self.telemetry = (message.snapshot, message.gpu)
 
     @work(thread=True, group="watch-log", exit_on_error=False, description="tail the server log")
     def tail_log(self) -> None:
+        from backend.telemetry_checks import startup_readout
+
         worker = get_current_worker()
         current: Path | None = None
         offset = 0
@@ -206,13 +294,26 @@ class QtuiApp(App[int]):
                     *complete, pending = pending.split(b"\n")
                     decoded = (clean_line(raw.decode("utf-8", "replace")) for raw in complete)
                     lines = [line for line in decoded if not is_own_polling(line)]
-            screen = self.server_screen
-            if (lines or reset) and screen is not None:
-                screen.post_message(ServerLogLines(lines, reset=reset, readout=readout))
+            if lines or reset:
+                self.post_message(ServerLogLines(lines, reset=reset, readout=readout))
             self._pause(worker, 0.3)
+
+    @on(ServerLogLines)
+    def _forward_log(self, message: ServerLogLines) -> None:
+        # A call, not a re-post: a message posted to the screen would bubble
+        # back up to this handler.
+        screen = self.server_screen
+        if screen is not None:
+            screen.show_log(message)
 
     # -- actions --------------------------------------------------------------
     def action_show_keys(self) -> None:
+        from tui.screens.bench import BenchScreen
+        from tui.screens.help import HelpScreen, binding_rows
+        from tui.screens.profile_editor import ProfileEditorScreen
+        from tui.screens.quantize import QuantizeScreen
+        from tui.widgets.chat import ChatPane
+
         sources = [("everywhere", self.BINDINGS)]
         screen = self.server_screen
         if screen is not None:
@@ -220,12 +321,13 @@ class QtuiApp(App[int]):
         sources.append(("chat", ChatPane.BINDINGS))
         sources.append(("profile editor", ProfileEditorScreen.BINDINGS))
         sources.append(("quantize", QuantizeScreen.BINDINGS))
-        from tui.screens.bench import BenchScreen
-
         sources.append(("bench", BenchScreen.BINDINGS))
-        self.push_screen(HelpScreen(binding_rows(sources, self.settings.keymap)))
+        keymap = self.settings.keymap if self.booted else {}
+        self.push_screen(HelpScreen(binding_rows(sources, keymap)))
 
     def _require_profile(self) -> tuple[str, ServeProfile] | None:
+        if self._not_booted():
+            return None
         if self.profile_name is None or self.profile is None:
             self.notify(
                 "No serve profile: press p to pick one, or run `qtui init`",
@@ -240,6 +342,8 @@ class QtuiApp(App[int]):
 
     @work(exclusive=True, group="mtp-doctor", exit_on_error=False, description="MTP doctor")
     async def check_mtp(self) -> None:
+        from backend.mtp_doctor import diagnose_checkpoint
+
         selected = self.selected_profile
         report = None
         if selected is not None and Path(selected[1].model).expanduser().is_dir():
@@ -247,16 +351,27 @@ class QtuiApp(App[int]):
             report = await asyncio.to_thread(diagnose_checkpoint, model)
         self.mtp_report = report
 
-    def _with_mtp_checked(self, profile: ServeProfile, proceed: Callable[[], None]) -> None:
+    def _with_mtp_checked(self, profile: ServeProfile, proceed: Callable[[], object]) -> None:
         """Run `proceed` if `profile` can run MTP; offer the patch when it is fixable."""
         model = Path(profile.model).expanduser()
         if profile.speculative.method != "mtp" or not model.is_dir():
             proceed()
-            return
-        report = diagnose_checkpoint(model)
+        else:
+            self._mtp_gate(model, proceed)
+
+    @work(group=CONTROL_GROUP, exit_on_error=False, description="MTP check before a launch")
+    async def _mtp_gate(self, model: Path, proceed: Callable[[], object]) -> None:
+        """The doctor reads safetensors headers: in a thread, so a slow disk never holds a
+        key. In the control group, and done only when what it started is done."""
+        from backend.mtp_doctor import Verdict, diagnose_checkpoint
+        from tui.screens.confirm import ConfirmScreen
+
+        report = await asyncio.to_thread(diagnose_checkpoint, model)
         self.mtp_report = report
         if report.verdict == Verdict.READY:
-            proceed()
+            started = proceed()
+            if isinstance(started, Worker):
+                await started.wait()
         elif report.verdict == Verdict.IMPOSSIBLE:
             self.notify(f"MTP unavailable: {report.reason}", severity="error", timeout=12)
         else:
@@ -272,7 +387,9 @@ class QtuiApp(App[int]):
             self.push_screen(ConfirmScreen(question, yes="Patch"), answered)
 
     @work(group=CONTROL_GROUP, exit_on_error=False, description="MTP patch")
-    async def _patch_then(self, model: Path, proceed: Callable[[], None]) -> str:
+    async def _patch_then(self, model: Path, proceed: Callable[[], object]) -> str:
+        from backend.mtp_patch import patch_checkpoint
+
         result = await asyncio.to_thread(patch_checkpoint, model)
         self.check_mtp()
         proceed()
@@ -283,14 +400,19 @@ class QtuiApp(App[int]):
         chosen = self._require_profile()
         if chosen is not None:
 
-            def start() -> None:
+            def start() -> Worker[str]:
                 self.notify(f"Starting {chosen[0]}…")
-                self._run_control("start", chosen)
+                return self._run_control("start", chosen)
 
             self._with_mtp_checked(chosen[1], start)
 
     def action_stop_server(self) -> None:
-        status = self.supervisor.status()
+        from tui.screens.confirm import ConfirmScreen
+
+        if self._not_booted():
+            return
+        # The last poll, not a new /health call: a hung server must not hold the key.
+        status = self.server_status or self.supervisor.status()
         record = status.record
         if not status.phase.is_up or record is None:
             self._stop_server(True)
@@ -310,6 +432,8 @@ class QtuiApp(App[int]):
         self._run_control("stop", None)
 
     def action_restart_server(self) -> None:
+        if self._not_booted():
+            return
         record = self.supervisor.load_record()
         chosen = (record.profile_name, record.serve_profile) if record else self._require_profile()
         if chosen is not None:
@@ -317,16 +441,18 @@ class QtuiApp(App[int]):
             self._run_control("restart", chosen)
 
     def action_toggle_spec(self) -> None:
-        status = self.supervisor.status()
+        if self._not_booted():
+            return
+        status = self.server_status or self.supervisor.status()
         if status.phase.is_up and status.record is not None:
             profile = status.record.serve_profile
             toggled = profile.model_copy(update={"speculative": profile.speculative.toggled()})
             name = status.record.profile_name
 
-            def restart() -> None:
+            def restart() -> Worker[str]:
                 self.selected_profile = (name, toggled)
                 self.notify(f"Speculative decoding → {toggled.speculative.method}; restarting…")
-                self._run_control("restart", (name, toggled))
+                return self._run_control("restart", (name, toggled))
 
             self._with_mtp_checked(toggled, restart)
             return
@@ -345,18 +471,28 @@ class QtuiApp(App[int]):
 
     def _remember_profile(self, name: str, profile: ServeProfile) -> None:
         """Keep a user profile's change in the config file (built-ins stay as shipped)."""
+        from backend.config import save_user_config
+
         if name in self.settings.profiles:
             self.settings.profiles[name] = profile
-            with contextlib.suppress(OSError):
+            try:
                 save_user_config(self.settings)
+            except OSError as error:
+                self.notify(f"Not saved to the config: {error}", severity="warning")
 
     def action_edit_profile(self) -> None:
+        from tui.screens.profile_editor import ProfileEditorScreen
+
         if self._require_profile() is None or self.profile_name is None:
             return
         if not any(isinstance(screen, ProfileEditorScreen) for screen in self.screen_stack):
             self.push_screen(ProfileEditorScreen(self.profile_name))
 
     def action_quantize(self) -> None:
+        from tui.screens.quantize import QuantizeScreen
+
+        if self._not_booted():
+            return
         # One quantize screen at most: each watches the job and would finish() it.
         for screen in self.screen_stack:
             if isinstance(screen, QuantizeScreen):
@@ -366,12 +502,41 @@ class QtuiApp(App[int]):
     def action_bench(self) -> None:
         from tui.screens.bench import BenchScreen  # imported when first opened
 
+        if self._not_booted():
+            return
         if not any(isinstance(screen, BenchScreen) for screen in self.screen_stack):
             self.push_screen(
                 BenchScreen(self.supervisor, ready_timeout_s=self.settings.ready_timeout_s)
             )
 
+    def action_verify(self) -> None:
+        """Probe the server qtui runs (the last poll says whether one answers)."""
+        if self._not_booted():
+            return
+        status = self.server_status
+        record = status.record if status is not None and status.phase.is_up else None
+        if record is None:
+            self.notify(
+                "No server is running: s starts one, then v verifies it", severity="warning"
+            )
+            return
+        from tui.screens.verify import VerifyScreen
+
+        self.push_screen(
+            VerifyScreen(
+                record.url,
+                profile=record.serve_profile,
+                log_path=Path(record.log_path),
+                api_key_env=record.serve_profile.api_key_env,
+            )
+        )
+
     def action_pick_profile(self) -> None:
+        from tui.screens.profile_picker import ProfilePicker
+
+        if self._not_booted():
+            return
+
         def chosen(name: str | None) -> None:
             if name:
                 self.use_profile(name)
@@ -408,6 +573,12 @@ class QtuiApp(App[int]):
             self.notify(worker.result)
         elif event.state == WorkerState.ERROR:
             error = worker.error
+            from backend.config import ConfigError
+            from backend.engine import EngineError
+            from backend.mtp_patch import PatchError
+            from backend.serve_args import LaunchRefused
+            from backend.supervisor import SupervisorError
+
             known = (SupervisorError, LaunchRefused, EngineError, ConfigError, PatchError)
             message = str(error) if isinstance(error, known) else f"{type(error).__name__}: {error}"
             self.notify(message, severity="error", timeout=12)
@@ -428,6 +599,11 @@ class QtuiApp(App[int]):
             self.action_bench,
         )
         yield SystemCommand(
+            "Verify the server",
+            "Health, models, a streamed reply, parsers, spec decoding, KV cache: pass or fail",
+            self.action_verify,
+        )
+        yield SystemCommand(
             "Toggle MTP / speculative decoding",
             "Switch speculative decoding on or off (restarts a running server)",
             self.action_toggle_spec,
@@ -441,7 +617,7 @@ class QtuiApp(App[int]):
         yield SystemCommand(
             "Pick serve profile", "Choose the profile to start", self.action_pick_profile
         )
-        for name in self.settings.all_profiles():
+        for name in self.settings.all_profiles() if self.booted else ():
             yield SystemCommand(
                 f"Use profile: {name}",
                 "Select this profile",
@@ -455,9 +631,15 @@ def make_app(
     supervisor: ServerSupervisor | None = None,
     poll_interval_s: float = 1.0,
 ) -> QtuiApp:
-    """The one factory the CLI and the tests use to build the panel."""
-    settings = settings or load_settings()
-    if supervisor is None:
+    """The one factory the CLI and the tests use to build the panel.
+
+    Without `settings` the config is read after the first frame (the CLI); tests
+    hand theirs in. Given settings without a supervisor get one here.
+    """
+    if settings is not None and supervisor is None:
+        from backend.engine import EngineError, resolve_engine
+        from backend.supervisor import ServerSupervisor
+
         try:
             engine = resolve_engine(settings.vllm)
         except EngineError:

@@ -7,38 +7,32 @@ the Textual app is imported only when the panel is opened.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from backend.config import ConfigError
+from tui.commands.errors import CommandError
 
-# Each module defines `register(subparsers)` and sets `handler` on its parsers.
-COMMAND_MODULES = (
-    "tui.commands.bench",
-    "tui.commands.chat",
-    "tui.commands.fit",
-    "tui.commands.mtp",
-    "tui.commands.quantize",
-    "tui.commands.serve",
-    "tui.commands.setup",
-    "tui.commands.top",
-    "tui.commands.verify",
-)
+if TYPE_CHECKING:
+    from types import ModuleType
+
+__all__ = ["CommandError", "build_parser", "main"]
 
 
-class CommandError(Exception):
-    """A headless command failed; the message is the one line the user sees."""
+def command_modules() -> list[ModuleType]:
+    """Every headless command; each module has `register(subparsers)` and sets `handler`.
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+    Imported here, when a subcommand is asked for, so that opening the panel pays
+    for none of them (nor for the backend modules they use).
+    """
+    from tui.commands import bench, chat, fit, mtp, quantize, serve, setup, top, verify
+
+    return [bench, chat, fit, mtp, quantize, serve, setup, top, verify]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="qtui",
-        description="Terminal control panel for serving quantized LLMs with vLLM.",
+def _add_panel_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--version", action="store_true", help="print qtui's version and the engine's, then exit"
     )
     parser.add_argument("--profile", help="serve profile to show (default: default_profile)")
     parser.add_argument("--serve-web", action="store_true", help="serve the panel to a browser")
@@ -46,14 +40,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--web-host", default="127.0.0.1", help="address for --serve-web (default loopback)"
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qtui",
+        description="Terminal control panel for serving quantized LLMs with vLLM.",
+    )
+    _add_panel_options(parser)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for module in command_modules():
+        module.register(subparsers)
     return parser
+
+
+def _panel_arguments(args_list: list[str]) -> argparse.Namespace | None:
+    """The parsed options when the command line only opens the panel, else None."""
+    panel_only = argparse.ArgumentParser(prog="qtui", add_help=False)
+    _add_panel_options(panel_only)
+    try:
+        args, rest = panel_only.parse_known_args(args_list)
+    except SystemExit:
+        return None  # a malformed option: the full parser says what is wrong
+    return None if rest else args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
+    panel_args = _panel_arguments(args_list)
+    if panel_args is not None and panel_args.version:
+        print(versions())
+        return 0
+    if panel_args is not None:
+        return _open_panel(panel_args)
+    from backend.config import ConfigError
+
     parser = build_parser()
     # Everything after a bare `--` goes to vLLM unchanged.
     passthrough: list[str] = []
@@ -82,6 +103,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({error.filename})" if error.filename else ""
         print(f"qtui: {error.strerror or error}{where}", file=sys.stderr)
         return 1
+
+
+def versions() -> str:
+    """qtui's version and the configured engine's, read from its files (vLLM is not imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from backend.config import ConfigError, load_settings
+    from backend.engine import EngineError, engine_facts, resolve_engine
+
+    try:
+        ours = version("qtui")
+    except PackageNotFoundError:
+        ours = "unknown (not installed)"
+    try:
+        engine = resolve_engine(load_settings().vllm)
+    except (ConfigError, EngineError) as error:
+        return f"qtui {ours}\nvLLM: none configured ({error})"
+    facts = engine_facts(engine)
+    return f"qtui {ours}\nvLLM {facts.version or 'version unknown'} ({' '.join(engine.command)})"
 
 
 def _open_panel(args: argparse.Namespace) -> int:

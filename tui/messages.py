@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual.message import Message
 
-from backend.gpu import GpuSample
-from backend.metrics import TelemetrySnapshot
-from backend.supervisor import ServerStatus
-from backend.telemetry_checks import StartupReadout
+if TYPE_CHECKING:
+    from backend.gpu import GpuSample
+    from backend.metrics import TelemetrySnapshot
+    from backend.server_state import ServerStatus
+    from backend.telemetry_checks import StartupReadout
 
 
 class ServerStatusPolled(Message):

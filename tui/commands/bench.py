@@ -21,8 +21,8 @@ from backend.bench import (
 )
 from backend.serve_args import LaunchRefused
 from backend.supervisor import SupervisorError
-from tui.cli import CommandError
 from tui.commands.common import settings, supervisor
+from tui.commands.errors import CommandError
 
 
 def register(subparsers: Any) -> None:

@@ -25,7 +25,7 @@ from backend.chat import (
 )
 from backend.speed_ledger import record_reply
 from backend.transcripts import Conversation, ReplyWriter
-from tui.cli import CommandError
+from tui.commands.errors import CommandError
 
 
 def register(subparsers: Any) -> None:

@@ -20,7 +20,7 @@ def engine_or_none(config: Settings) -> Engine | None:
 
 def supervisor(config: Settings | None = None, *, need_engine: bool = False) -> ServerSupervisor:
     """A supervisor for this machine's server; the engine only when starting."""
-    from tui.cli import CommandError
+    from tui.commands.errors import CommandError
 
     config = config or settings()
     if need_engine:

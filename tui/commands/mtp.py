@@ -9,7 +9,7 @@ from typing import Any
 
 from backend.mtp_doctor import Report, diagnose_checkpoint
 from backend.mtp_patch import PatchError, patch_checkpoint
-from tui.cli import CommandError
+from tui.commands.errors import CommandError
 
 
 def register(subparsers: Any) -> None:

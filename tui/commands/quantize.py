@@ -23,8 +23,8 @@ from backend.quantize import (
     QuantizeJob,
     QuantizeProgress,
 )
-from tui.cli import CommandError
 from tui.commands.common import settings
+from tui.commands.errors import CommandError
 
 
 def register(subparsers: Any) -> None:

@@ -13,8 +13,8 @@ from backend.config import SPEC_METHODS, ConfigError, ServeProfile, resolve_prof
 from backend.serve_args import LaunchRefused
 from backend.supervisor import Phase, ServerStatus, SupervisorError, took
 from backend.vllm_log import clean_line, tail_lines
-from tui.cli import CommandError
 from tui.commands.common import settings, supervisor
+from tui.commands.errors import CommandError
 
 
 def register(subparsers: Any) -> None:

@@ -12,7 +12,7 @@ from backend.config import cpu_profile, load_settings, mtp_cpu_profile, save_use
 from backend.paths import config_file
 from backend.tiny_qwen35 import build_tiny_qwen35
 from backend.tinymodel import build_tiny_model
-from tui.cli import CommandError
+from tui.commands.errors import CommandError
 
 
 def register(subparsers: Any) -> None:

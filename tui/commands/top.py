@@ -16,8 +16,8 @@ from typing import Any
 from backend.gpu import GpuSample, GpuSampler, no_gpu_text
 from backend.metrics import MetricsScraper, TelemetrySnapshot
 from backend.telemetry_checks import scraper_for
-from tui.cli import CommandError
 from tui.commands.common import supervisor
+from tui.commands.errors import CommandError
 
 GIB = 1 << 30
 

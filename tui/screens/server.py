@@ -6,6 +6,7 @@ import os
 import shlex
 import subprocess
 from dataclasses import asdict, replace
+from typing import TYPE_CHECKING
 
 from textual import on
 from textual.app import ComposeResult
@@ -14,16 +15,20 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static, TabbedContent, TabPane, Tabs
 
-from backend.config import ServeProfile
-from backend.mtp_doctor import Report, Verdict
-from backend.speed_ledger import SpeedLedger, spec_label
-from backend.supervisor import Phase, ServerStatus
+from backend.server_state import Phase, ServerStatus
 from backend.telemetry_checks import StartupReadout, parse_startup
-from tui.messages import ServerLogLines, ServerStatusPolled, TelemetrySampled
-from tui.widgets.chat import ChatPane
+from tui.messages import ServerLogLines
 from tui.widgets.log_view import LogDoctor, ServerLogView
 from tui.widgets.status_bar import ServerStatusBar
 from tui.widgets.telemetry import TelemetryPanel
+
+if TYPE_CHECKING:
+    from backend.config import ServeProfile
+    from backend.gpu import GpuSample
+    from backend.metrics import TelemetrySnapshot
+    from backend.mtp_doctor import Report
+    from tui.app import QtuiApp
+    from tui.widgets.chat import ChatPane
 
 WIDE_LAYOUT_MIN_COLUMNS = 120
 
@@ -75,6 +80,8 @@ class ServerScreen(Screen[None]):
                 tooltip="Quantize a model with AutoRound (W4A16) and fix its MTP head"),
         Binding("b", "app.bench", "Bench", id="bench", show=False,
                 tooltip="Decode tok/s with spec decoding off vs on (the model card's table)"),
+        Binding("v", "app.verify", "Verify", id="verify", show=False,
+                tooltip="Probe the running server: health, models, chat, parsers, spec, KV cache"),
         Binding("l", "show_tab('tab-log')", "Log", id="show_log",
                 tooltip="Show the server log", show=False),
         # priority: handled as the key arrives, so what is typed right after it
@@ -92,6 +99,8 @@ class ServerScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self._readout = StartupReadout()
+        self._reason_shown = ""
+        self._telemetry: tuple[TelemetrySnapshot | None, GpuSample | None] | None = None
         self._speed_key: tuple[str, str, str] | None = None
         """Which server's speed comparison is shown (re-read when another runs)."""
 
@@ -105,8 +114,9 @@ class ServerScreen(Screen[None]):
                     yield Static(id="startup-readout")
                     yield Input(placeholder="find in log…", id="log-search")
                     yield ServerLogView(id="log-view")
-                with TabPane("Chat", id="tab-chat"):
-                    yield ChatPane(focus_on_mount=False, id="chat")
+                # The chat (Markdown, the HTTP client: a fifth of a second to import)
+                # is mounted when the tab is first opened: see _ensure_chat.
+                yield TabPane("Chat", id="tab-chat")
                 with TabPane("Telemetry", id="tab-telemetry"):
                     yield TelemetryPanel(id="tab-telemetry-panel")
             yield TelemetryPanel(id="side-telemetry")
@@ -116,16 +126,38 @@ class ServerScreen(Screen[None]):
         self._apply_width(self.size.width)
         self.watch(self.app, "selected_profile", self._show_profile, init=True)
         self.watch(self.app, "mtp_report", self._show_mtp_report, init=True)
+        self.watch(self.app, "server_status", self.show_status, init=True)
+        self.watch(self.app, "telemetry", self.show_telemetry, init=True)
         self.query_one(ServerLogView).add_lines(
             ["# qtui: no server log yet. s starts the profile above, p picks another, e edits it."]
         )
 
+    @property
+    def chat(self) -> ChatPane | None:
+        from tui.widgets.chat import ChatPane
+
+        found = self.query(ChatPane)
+        return found.first() if found else None
+
+    async def _ensure_chat(self) -> ChatPane:
+        from tui.widgets.chat import ChatPane
+
+        pane = self.chat
+        if pane is None:
+            pane = ChatPane(focus_on_mount=False, id="chat")
+            await self.query_one("#tab-chat", TabPane).mount(pane)
+        return pane
+
     def on_resize(self) -> None:
         self._apply_width(self.size.width)
+        self.call_after_refresh(self._catch_up_telemetry)
 
     @on(TabbedContent.TabActivated)
-    def focus_tab_content(self, event: TabbedContent.TabActivated) -> None:
+    async def focus_tab_content(self, event: TabbedContent.TabActivated) -> None:
+        if event.pane.id == "tab-chat":
+            await self._ensure_chat()
         self._focus_tab(event.pane.id)
+        self.call_after_refresh(self._catch_up_telemetry)
 
     def _focus_tab(self, tab: str | None) -> None:
         # set_focus now, not widget.focus() (which waits a turn): keys typed right
@@ -147,13 +179,27 @@ class ServerScreen(Screen[None]):
         else:
             tabs.show_tab("tab-telemetry")
 
-    @on(TelemetrySampled)
-    def show_telemetry(self, message: TelemetrySampled) -> None:
+    def show_telemetry(
+        self, sampled: tuple[TelemetrySnapshot | None, GpuSample | None] | None
+    ) -> None:
+        if sampled is None:
+            return
+        self._telemetry = sampled
+        # Only what is on screen: the Telemetry tab behind the Log, or the side
+        # column on a narrow terminal, catches up when it is shown.
         for panel in self.query(TelemetryPanel):
-            panel.update_snapshot(message.snapshot, message.gpu)
+            if panel.is_on_screen:
+                panel.update_snapshot(*sampled)
+            else:
+                panel.behind = True
 
-    @on(ChatPane.ReplyFinished)
-    def show_speed_after_reply(self, message: ChatPane.ReplyFinished) -> None:
+    def _catch_up_telemetry(self) -> None:
+        for panel in self.query(TelemetryPanel):
+            if panel.behind and panel.is_on_screen and self._telemetry is not None:
+                panel.behind = False
+                panel.update_snapshot(*self._telemetry)
+
+    def on_chat_pane_reply_finished(self, message: ChatPane.ReplyFinished) -> None:
         if message.speed is not None:
             for panel in self.query(TelemetryPanel):
                 panel.update_speed(message.speed)
@@ -161,19 +207,28 @@ class ServerScreen(Screen[None]):
     def _show_speed_of(self, status: ServerStatus) -> None:
         """The ledger's comparison for the server now running (read when that changes)."""
         record = status.record if status.phase.is_up else None
-        key = None if record is None else (record.profile_name, record.url, spec_label(record))
-        if key == self._speed_key:
-            return
+        if record is None:
+            if self._speed_key is None:
+                return
+            key, speed = None, None
+        else:
+            from backend.speed_ledger import SpeedLedger, spec_label
+
+            key = (record.profile_name, record.url, spec_label(record))
+            if key == self._speed_key:
+                return
+            speed = SpeedLedger().comparison(record)
         self._speed_key = key
-        speed = None if record is None else SpeedLedger().comparison(record)
         for panel in self.query(TelemetryPanel):
             panel.update_speed(speed)
 
-    @on(ServerStatusPolled)
-    def show_status(self, message: ServerStatusPolled) -> None:
-        status = message.status
+    def show_status(self, status: ServerStatus | None) -> None:
+        if status is None:
+            return
         self._show_speed_of(status)
-        self.query_one(ServerStatusBar).status = status
+        bar = self.query_one(ServerStatusBar)
+        bar.booting = False
+        bar.status = status
         if status.phase == Phase.READY:
             self.query_one(LogDoctor).server_ready()
         reason = self.query_one("#status-reason", Static)
@@ -182,11 +237,16 @@ class ServerScreen(Screen[None]):
         pinned = self.query_one(LogDoctor).diagnosis
         if pinned is not None and pinned.advice == text:
             text = ""  # the log doctor already shows this line above the log
-        reason.update(f"✖ {text}" if text else "")
-        reason.set_class(bool(text), "shown")
+        shown = f"✖ {text}" if text else ""
+        if shown != self._reason_shown:
+            # Updating a Static relayouts the screen: only when the words change.
+            self._reason_shown = shown
+            reason.update(shown)
+            reason.set_class(bool(text), "shown")
 
     @on(ServerLogLines)
     def show_log(self, message: ServerLogLines) -> None:
+        message.stop()  # handled here; the App's copy of the stream comes from its worker
         log_view = self.query_one(ServerLogView)
         log_view.add_lines(message.lines, reset=message.reset)
         self._update_readout(message.lines, message.reset, message.readout)
@@ -211,12 +271,14 @@ class ServerScreen(Screen[None]):
         # A priority key must still type into an input (the chat's, the log search).
         return not (action == "show_tab" and isinstance(self.focused, Input))
 
-    def action_show_tab(self, tab: str) -> None:
+    async def action_show_tab(self, tab: str) -> None:
+        if tab == "tab-chat":
+            await self._ensure_chat()
         self.query_one(TabbedContent).active = tab
         self._focus_tab(tab)
 
     def action_search_log(self) -> None:
-        self.action_show_tab("tab-log")
+        self.query_one(TabbedContent).active = "tab-log"
         search = self.query_one("#log-search", Input)
         search.add_class("shown")
         search.focus()
@@ -232,7 +294,8 @@ class ServerScreen(Screen[None]):
     def key_escape(self) -> None:
         """Esc closes the log search, or leaves the chat input so letter keys work again."""
         focused = self.focused
-        if focused is not None and self.query_one(ChatPane) in focused.ancestors_with_self:
+        chat = self.chat
+        if focused is not None and chat is not None and chat in focused.ancestors_with_self:
             self.query_one(TabbedContent).query_one(Tabs).focus()
             return
         search = self.query_one("#log-search", Input)
@@ -244,7 +307,10 @@ class ServerScreen(Screen[None]):
             log_view.focus()
 
     def action_open_log_in_pager(self) -> None:
-        record = self.app.supervisor.load_record()  # type: ignore[attr-defined]
+        app = self._qtui_app()
+        if not app.booted:
+            return
+        record = app.supervisor.load_record()
         if record is None:
             self.notify("No server log yet", severity="warning")
             return
@@ -259,7 +325,12 @@ class ServerScreen(Screen[None]):
             profile.speculative.method,
             profile.speculative.toggle_method,
         )
-        if report is None or not uses_mtp or report.verdict == Verdict.READY:
+        if report is None or not uses_mtp:
+            bar.mtp_note = ""
+            return
+        from backend.mtp_doctor import Verdict
+
+        if report.verdict == Verdict.READY:
             bar.mtp_note = ""
         elif report.verdict == Verdict.FIXABLE:
             bar.mtp_note = "MTP needs a patch (m offers it)"
@@ -269,4 +340,11 @@ class ServerScreen(Screen[None]):
     def _show_profile(self, selected: tuple[str, ServeProfile] | None) -> None:
         bar = self.query_one(ServerStatusBar)
         bar.profile_name, bar.profile = selected if selected else ("", None)
-        self._show_mtp_report(getattr(self.app, "mtp_report", None))
+        self._show_mtp_report(self._qtui_app().mtp_report)
+
+    def _qtui_app(self) -> QtuiApp:
+        from tui.app import QtuiApp
+
+        app = self.app
+        assert isinstance(app, QtuiApp), "the Server screen belongs to QtuiApp"
+        return app

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual.content import Content
 from textual.markup import escape
 from textual.reactive import reactive
 from textual.widgets import Static
 
-from backend.config import ServeProfile
-from backend.supervisor import Phase, ServerStatus
+from backend.server_state import Phase, ServerStatus
+
+if TYPE_CHECKING:
+    from backend.config import ServeProfile
 
 PHASE_MARK = {
     Phase.READY: "●",
@@ -49,13 +53,23 @@ def spec_label(profile: ServeProfile) -> str:
 class ServerStatusBar(Static):
     """Phase, profile, URL, spec, KV dtype, uptime: what the server is doing now."""
 
-    status: reactive[ServerStatus | None] = reactive(None, always_update=True)
+    status: reactive[ServerStatus | None] = reactive(None)
     """The last polled status; None before the first poll."""
     profile_name: reactive[str] = reactive("")
     """The profile shown when no server runs (the one `s` would start)."""
     profile: reactive[ServeProfile | None] = reactive(None)
+    booting: reactive[bool] = reactive(True)
+    """The App has not read the config yet (the first frame comes before it)."""
     mtp_note: reactive[str] = reactive("")
     """Why MTP cannot be switched on, or that it needs a patch; empty when fine."""
+
+    def on_mount(self) -> None:
+        # The App passes a status only when it changes; the uptime ticks here.
+        self.set_interval(1.0, self._tick_uptime)
+
+    def _tick_uptime(self) -> None:
+        if self.status is not None and self.status.phase.is_up:
+            self.refresh()
 
     def render(self) -> Content:
         status = self.status
@@ -68,9 +82,10 @@ class ServerStatusBar(Static):
             name, profile = self.profile_name, self.profile
             url = f"http://{profile.host}:{profile.port}" if profile else "-"
         colour = PHASE_COLOUR[phase]
+        # Before the first poll the phase is unknown: saying "stopped" would be a guess.
+        mark = f"[bold {colour}]{PHASE_MARK[phase]} {phase.value:<8}[/]" if status else "… checking"
         line1 = (
-            f"[bold {colour}]{PHASE_MARK[phase]} {phase.value:<8}[/]"
-            f"  [b]{escape(name or 'no profile')}[/]  {escape(url)}"
+            f"{mark}  [b]{escape(name or ('' if self.booting else 'no profile'))}[/]  {escape(url)}"
         )
         if record is not None and status is not None:
             line1 += f"  [$foreground-muted]up[/] {format_uptime(status.uptime_s)}"
@@ -92,6 +107,8 @@ class ServerStatusBar(Static):
             if self.mtp_note:
                 parts.append(f"[$warning]{escape(self.mtp_note)}[/]")
             line2 = "   ".join(parts)
+        elif self.booting:
+            line2 = "[$foreground-muted]reading the config…[/]"
         else:
             line2 = "[i]no serve profile: run `qtui init` or pass --profile[/]"
         return Content.from_markup(line1 + "\n" + line2)

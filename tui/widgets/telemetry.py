@@ -8,14 +8,18 @@ column of about 38 x 20 cells. Colours come from theme variables only.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.markup import escape
 from textual.widgets import Digits, Sparkline, Static
 
 from backend.gpu import GpuSample, no_gpu_text
-from backend.metrics import TelemetrySnapshot
-from backend.speed_ledger import SpeedComparison
+
+if TYPE_CHECKING:
+    from backend.metrics import TelemetrySnapshot
+    from backend.speed_ledger import SpeedComparison
 
 GIB = 1 << 30
 MAX_GPU_ROWS = 4
@@ -168,6 +172,19 @@ class TelemetryPanel(Vertical):
         self.snapshot: TelemetrySnapshot | None = None
         """The figures on screen (the last one given)."""
         self.gpu_sample: GpuSample | None = None
+        self.behind = False
+        """A sample arrived while this panel was not on screen."""
+        self._shown: dict[str, str] = {}
+        """What each Static shows now: an update with the same words is skipped."""
+
+    def _show(self, selector: str, text: str) -> None:
+        # Updating a Static relayouts it and repaints the column: once a second for
+        # figures that did not move was most of an idle panel's CPU.
+        if self._shown.get(selector) != text:
+            self._shown[selector] = text
+            widget = self.query_one(selector)
+            assert isinstance(widget, Static | Digits)
+            widget.update(text)
 
     def compose(self) -> ComposeResult:
         yield Static(gpu_lines(None), id="telemetry-gpu")
@@ -188,14 +205,14 @@ class TelemetryPanel(Vertical):
     def update_speed(self, speed: SpeedComparison | None) -> None:
         """Show how the running spec setting compares with spec off (None hides it)."""
         widget = self.query_one("#telemetry-speed", Static)
-        widget.update(speed_lines(speed))
+        self._show("#telemetry-speed", speed_lines(speed))
         widget.display = speed is not None
 
     def update_gpu(self, sample: GpuSample | None) -> None:
         """Show a GPU sample (the App's GPU worker calls this)."""
         self.gpu_sample = sample
         stale = self.snapshot.stale if self.snapshot else False
-        self.query_one("#telemetry-gpu", Static).update(gpu_lines(sample, muted=stale))
+        self._show("#telemetry-gpu", gpu_lines(sample, muted=stale))
 
     def update_snapshot(
         self, snapshot: TelemetrySnapshot | None, gpu_sample: GpuSample | None = None
@@ -207,30 +224,28 @@ class TelemetryPanel(Vertical):
         warnings = self.query_one("#telemetry-warnings", Static)
         if snapshot is None:
             self.set_class(False, "-stale")
-            warnings.update("[$text-muted]no server[/]")
+            self._show("#telemetry-warnings", "[$text-muted]no server[/]")
             warnings.display = True
             return
         stale = snapshot.stale
         self.set_class(stale, "-stale")
         self.set_class(not snapshot.spec_decode, "-no-spec")
         tps = snapshot.generation_tps
-        self.query_one("#telemetry-tps", Digits).update("-" if tps is None else f"{tps:.1f}")
+        self._show("#telemetry-tps", "-" if tps is None else f"{tps:.1f}")
         prompt = "-" if snapshot.prompt_tps is None else f"{snapshot.prompt_tps:.0f}"
         window = "-" if snapshot.window_s is None else f"{snapshot.window_s:.0f}s"
-        self.query_one("#telemetry-tps-label", Static).update(
-            f"tok/s\nprompt {prompt}\nwindow {window}"
-        )
+        self._show("#telemetry-tps-label", f"tok/s\nprompt {prompt}\nwindow {window}")
         self.query_one("#telemetry-tps-spark", Sparkline).data = list(
             snapshot.generation_tps_history
         )
-        self.query_one("#telemetry-spec", Static).update(spec_lines(snapshot, muted=stale))
+        self._show("#telemetry-spec", spec_lines(snapshot, muted=stale))
         self.query_one("#telemetry-accept-spark", Sparkline).data = list(
             snapshot.acceptance_history
         )
-        self.query_one("#telemetry-load", Static).update(load_lines(snapshot, muted=stale))
+        self._show("#telemetry-load", load_lines(snapshot, muted=stale))
         notes = [f"stale: {snapshot.error}"] if stale and snapshot.error else []
         notes.extend(snapshot.warnings)
-        warnings.update("\n".join(f"⚠ {escape(note)}" for note in notes))
+        self._show("#telemetry-warnings", "\n".join(f"⚠ {escape(note)}" for note in notes))
         # Four rows at most in the column; the whole text is in the tooltip.
         warnings.tooltip = "\n\n".join(notes) or None
         warnings.display = bool(notes)
