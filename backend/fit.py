@@ -22,16 +22,22 @@ sizing (v1/core/kv_cache_utils.py, platforms/interface.py, v1/kv_cache_interface
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
+import shlex
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from backend.config import ServeProfile
-from backend.engine import Engine, engine_facts, vllm_package_dir
+from backend.engine import Engine, EngineError, engine_facts, resolve_engine, vllm_package_dir
 from backend.safetensors_header import SafetensorsError, read_header
+
+if TYPE_CHECKING:
+    from backend.server_state import ServerRecord
+    from backend.telemetry_checks import StartupReadout
 
 GIB = 1024**3
 Platform = Literal["cpu", "cuda"]
@@ -210,6 +216,7 @@ def kv_dtype_bytes(kv_cache_dtype: str, model_bytes: int) -> int | None:
     return _DTYPE_BYTES.get(kv_cache_dtype) if kv_cache_dtype in EXACT_KV_DTYPES else None
 
 
+@functools.cache
 def cpu_has_avx512_bf16() -> bool:
     """vLLM's CPU backend keeps Gated DeltaNet's recurrent state in float32 on such CPUs."""
     try:
@@ -331,6 +338,17 @@ class DtypeFit:
     """vLLM accepts max_model_len (one full request fits)."""
     fits_all_seqs: bool | None = None
     """max_num_seqs full-length requests fit at once (None when max_num_seqs is unset)."""
+    bytes_per_block: int = 0
+    """One block across a group's layers: the budget is cut into these."""
+    blocks_per_request: int = 0
+    """Blocks one request of max_model_len tokens takes."""
+
+    def tokens_for(self, budget_bytes: int, max_model_len: int) -> int:
+        """What vLLM logs as `KV cache size` for a budget of `budget_bytes`."""
+        if not self.bytes_per_block or not self.blocks_per_request:
+            return 0
+        num_blocks = max(budget_bytes, 0) // self.bytes_per_block
+        return int(num_blocks / self.blocks_per_request * max_model_len)
 
 
 Verdict = Literal["fits", "tight", "does not fit", "unknown"]
@@ -466,6 +484,8 @@ def predict_fit_from(
             block_size=layout.block_size,
             attention_bytes_per_token=layout.attention_bytes_per_token,
             state_bytes_per_sequence=layout.state_bytes_per_sequence,
+            bytes_per_block=layout.bytes_per_block,
+            blocks_per_request=layout.blocks_per_request(max_len),
         )
         cap = shape.max_position_embeddings
         return _evaluate(fit, layout, budget, max_len, p.max_num_seqs, cap), layout
@@ -597,6 +617,51 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
+_Signature = tuple[tuple[str, int, int], ...]
+_CHECKPOINTS: dict[tuple[str, str], tuple[_Signature, ModelShape, WeightBytes]] = {}
+_CHECKPOINTS_KEPT = 16
+
+
+def _checkpoint_files(model_dir: Path) -> _Signature:
+    """(name, size, mtime) of config.json and the shards: a rewritten checkpoint reads anew."""
+    files = [model_dir / "config.json", *sorted(model_dir.glob("*.safetensors"))]
+    signature = []
+    for path in files:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        signature.append((path.name, stat.st_size, stat.st_mtime_ns))
+    return tuple(signature)
+
+
+def read_checkpoint(model_dir: Path, profile_dtype: str = "auto") -> tuple[ModelShape, WeightBytes]:
+    """The shape from config.json and the weight sizes from the safetensors headers.
+
+    Kept per directory and --dtype until a file changes, so a form that re-predicts on
+    every edit pays only for the arithmetic (and a stat of each file).
+    """
+    model_dir = Path(model_dir).expanduser()
+    if not model_dir.is_dir():
+        raise FitError(f"{model_dir}: fit needs a local checkpoint directory")
+    key = (str(model_dir.resolve()), profile_dtype)
+    signature = _checkpoint_files(model_dir)
+    kept = _CHECKPOINTS.get(key)
+    if kept is not None and kept[0] == signature:
+        return kept[1], kept[2]
+    try:
+        shape = ModelShape.from_config(read_config(model_dir))
+    except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, FitError):
+            raise
+        raise FitError(f"{model_dir}/config.json: missing or odd {error}") from None
+    weights = checkpoint_weights(model_dir, model_dtype_bytes(profile_dtype, shape.config_dtype))
+    if len(_CHECKPOINTS) >= _CHECKPOINTS_KEPT:
+        _CHECKPOINTS.pop(next(iter(_CHECKPOINTS)), None)
+    _CHECKPOINTS[key] = (signature, shape, weights)
+    return shape, weights
+
+
 def predict_fit(
     profile: ServeProfile,
     *,
@@ -615,13 +680,7 @@ def predict_fit(
     model_dir = Path(profile.model).expanduser()
     if not model_dir.is_dir():
         raise FitError(f"{profile.model}: fit needs a local checkpoint directory")
-    try:
-        shape = ModelShape.from_config(read_config(model_dir))
-    except (KeyError, TypeError, ValueError) as error:
-        if isinstance(error, FitError):
-            raise
-        raise FitError(f"{model_dir}/config.json: missing or odd {error}") from None
-    weights = checkpoint_weights(model_dir, model_dtype_bytes(profile.dtype, shape.config_dtype))
+    shape, weights = read_checkpoint(model_dir, profile.dtype)
     if ssm_state_float32 is None:
         ssm_state_float32 = platform == "cpu" and cpu_has_avx512_bf16()
     return predict_fit_from(
@@ -634,6 +693,126 @@ def predict_fit(
         gpu_free_bytes=gpu_free_bytes,
         ssm_state_float32=ssm_state_float32,
         margin_bytes=margin_bytes,
+    )
+
+
+@dataclass(frozen=True)
+class FitTarget:
+    """Where a profile would run: what its figures depend on besides the profile."""
+
+    platform: Platform
+    kv_dtypes: tuple[str, ...] = EXACT_KV_DTYPES
+    """What the installed vLLM accepts (the report's other rows)."""
+    gpu_total_bytes: int | None = None
+    gpu_free_bytes: int | None = None
+
+    def predict(self, profile: ServeProfile) -> FitReport:
+        return predict_fit(
+            profile,
+            platform=self.platform,
+            kv_dtypes=self.kv_dtypes,
+            gpu_total_bytes=self.gpu_total_bytes,
+            gpu_free_bytes=self.gpu_free_bytes,
+        )
+
+
+def local_target(engine: Engine | None) -> FitTarget:
+    """This machine with `engine`: a CPU build plans for CPU, else the GPU NVML sees.
+
+    Runs a subprocess the first time an engine is asked about, and NVML: call it from
+    a worker."""
+    facts = engine_facts(engine) if engine is not None else None
+    dtypes = facts.kv_cache_dtypes if facts is not None else EXACT_KV_DTYPES
+    if engine is not None and engine_platform(engine) == "cpu":
+        return FitTarget("cpu", dtypes)
+    memory = gpu_memory()
+    if memory is not None:
+        return FitTarget("cuda", dtypes, gpu_total_bytes=memory[1], gpu_free_bytes=memory[0])
+    return FitTarget("cuda" if engine is not None else "cpu", dtypes)
+
+
+# -- the check against what vLLM allocated -------------------------------------
+_RECORD_PREDICTIONS: dict[tuple[int, float], FitReport | None] = {}
+
+
+def prediction_for_record(record: ServerRecord) -> FitReport | None:
+    """The prediction for the profile a server was launched with, on this machine.
+
+    None when it cannot be made (the checkpoint is not local, the vLLM in the record's
+    command is gone, a KV dtype qtui cannot size). Kept per launched server (pid and
+    start time); the first call reads files and may run NVML: call it from a worker.
+    """
+    key = (record.pid, record.create_time)
+    if key in _RECORD_PREDICTIONS:
+        return _RECORD_PREDICTIONS[key]
+    report: FitReport | None = None
+    try:
+        engine = resolve_engine(shlex.split(record.command)[0])
+        report = local_target(engine).predict(record.serve_profile)
+    except (EngineError, FitError, IndexError, ValueError):
+        report = None
+    if len(_RECORD_PREDICTIONS) >= _CHECKPOINTS_KEPT:
+        _RECORD_PREDICTIONS.pop(next(iter(_RECORD_PREDICTIONS)), None)
+    _RECORD_PREDICTIONS[key] = report
+    return report
+
+
+READOUT_GIB_STEP = 0.005
+"""vLLM logs its KV budget in GiB with two decimals: the true figure is within this."""
+
+
+def _delta(predicted: int, allocated: int) -> str:
+    change = allocated - predicted
+    share = f", {change / predicted:+.1%}" if predicted else ""
+    return f"Δ {change:+,}{share}"
+
+
+def compare_with_readout(prediction: FitReport, readout: StartupReadout) -> str | None:
+    """One line: does the KV cache vLLM allocated match the prediction? None: nothing to compare.
+
+    With an exact budget (kv_cache_memory_bytes) the predicted token count must equal
+    vLLM's. With a GPU budget the prediction guessed a margin, so the check is the
+    arithmetic itself: the tokens that vLLM's own logged budget makes, by qtui's layout.
+    """
+    allocated = readout.kv_cache_tokens
+    chosen = prediction.chosen
+    if allocated is None:
+        return None
+    max_len = prediction.max_model_len
+    sized = readout.tokens_per_request
+    other_len = (
+        f" (vLLM sized for {sized:,}-token requests, the profile {max_len:,})"
+        if sized is not None and sized != max_len
+        else ""
+    )
+    predicted = chosen.kv_tokens
+    if prediction.budget_source == "kv_cache_memory_bytes" and predicted is not None:
+        if predicted == allocated and not other_len:
+            return f"predicted {predicted:,} KV tokens, vLLM allocated {allocated:,} ✓"
+        return (
+            f"⚠ predicted {predicted:,} KV tokens, vLLM allocated {allocated:,} "
+            f"({_delta(predicted, allocated)}){other_len}"
+        )
+    gib = readout.kv_cache_gib
+    if gib is None or not chosen.bytes_per_block:
+        if predicted is None:
+            return None
+        return (
+            f"predicted {predicted:,} KV tokens (budget guessed), vLLM allocated "
+            f"{allocated:,} ({_delta(predicted, allocated)}){other_len}"
+        )
+    low = chosen.tokens_for(int((gib - READOUT_GIB_STEP) * GIB), max_len)
+    high = chosen.tokens_for(int((gib + READOUT_GIB_STEP) * GIB), max_len)
+    before = "" if predicted is None else f"; predicted {predicted:,} before launch"
+    if low <= allocated <= high and not other_len:
+        return (
+            f"vLLM allocated {allocated:,} KV tokens in {gib:.2f} GiB, as qtui's arithmetic "
+            f"gives ✓{before}"
+        )
+    expected = chosen.tokens_for(int(gib * GIB), max_len)
+    return (
+        f"⚠ vLLM allocated {allocated:,} KV tokens in {gib:.2f} GiB, qtui's arithmetic gives "
+        f"{expected:,} ({_delta(expected, allocated)}){other_len}"
     )
 
 
