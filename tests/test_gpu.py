@@ -15,15 +15,22 @@ from typing import Any
 import pytest
 
 from backend.gpu import (
+    HOST_PIDS_NOTE,
+    UNATTRIBUTED_NOTE,
     GpuSample,
     GpuSampler,
     Nvml,
     NvmlCallError,
     NvmlUnavailable,
     gpu_memory_held_by,
+    gpu_summary,
+    visible_gpu_indices,
 )
 
 GIB = 1 << 30
+# Linux's pid_max is at most 2**22: these PIDs name no process here, like the host
+# PIDs NVML reports inside a container.
+HOST_PID = 2**22 + 4242
 
 
 @dataclass
@@ -108,6 +115,7 @@ def test_real_nvml_without_a_gpu_is_a_state_not_an_exception() -> None:
         pass
     else:
         pytest.skip("this machine has a working NVIDIA driver")
+    assert visible_gpu_indices() == []
     sampler = GpuSampler()
     sample = sampler.sample()
     assert not sample.has_gpu
@@ -214,3 +222,89 @@ def test_own_thread_delivers_samples_until_stopped() -> None:
     assert not any(t.name == "gpu-sampler" for t in threading.enumerate())
     assert len(got) == count
     assert got[-1].gpus[0].name == "A"
+
+
+def test_two_gpus_every_figure_and_the_server_summed_over_both(
+    server_group: subprocess.Popen[bytes],
+) -> None:
+    """Tensor parallel 2: the server holds memory on both GPUs; a stranger holds some too."""
+    pid = server_group.pid
+    gpus = [
+        FakeGpu("NVIDIA H200", 72 * GIB, 140 * GIB, [(pid, 70 * GIB), (1, GIB)]),
+        FakeGpu("NVIDIA H200", 68 * GIB, 140 * GIB, [(pid, 66 * GIB)]),
+    ]
+    sample = GpuSampler(nvml=FakeNvml(gpus), pgid=pid).sample()
+    assert [(g.index, g.server_memory) for g in sample.gpus] == [(0, 70 * GIB), (1, 66 * GIB)]
+    assert all(
+        (g.utilization, g.temperature_c, g.power_w) == (42.0, 55.0, 310.5) for g in sample.gpus
+    )
+    assert sample.server_memory == 136 * GIB
+    assert sample.server_gpu_memory == {pid: 136 * GIB}
+    assert (sample.memory_used, sample.memory_total) == (140 * GIB, 280 * GIB)
+    assert sample.server_memory_note is None
+    summary = gpu_summary(sample)
+    assert summary["server_memory"] == 136 * GIB and summary["server_memory_note"] is None
+    assert [g["server_memory"] for g in summary["gpus"]] == [70 * GIB, 66 * GIB]
+    assert summary["gpus"][1]["power_w"] == 310.5
+    assert sample.to_json()["server_memory_note"] is None
+
+
+def test_host_pids_in_a_container_say_why_the_server_figure_is_missing(
+    server_group: subprocess.Popen[bytes],
+) -> None:
+    """NVML lists the server under its host PID, which names nothing in our namespace."""
+    gpus = [
+        FakeGpu("NVIDIA H200", 72 * GIB, 140 * GIB, [(HOST_PID, 70 * GIB)]),
+        FakeGpu("NVIDIA H200", 68 * GIB, 140 * GIB, [(HOST_PID + 1, 66 * GIB)]),
+    ]
+    sample = GpuSampler(nvml=FakeNvml(gpus), pgid=server_group.pid).sample()
+    assert sample.server_memory_note == HOST_PIDS_NOTE
+    assert sample.server_memory is None  # not a silent 0
+    assert sample.memory_used == 140 * GIB  # the totals still hold
+    summary = gpu_summary(sample)
+    assert summary["server_memory"] is None
+    assert summary["server_memory_note"] == HOST_PIDS_NOTE
+    assert summary["memory_used"] == 140 * GIB and summary["memory_total"] == 280 * GIB
+
+
+def test_no_note_when_the_gpu_users_are_local_or_no_server_is_up(
+    server_group: subprocess.Popen[bytes],
+) -> None:
+    # Another local program on the GPU and a server that has not touched it yet: truly 0.
+    local = [FakeGpu("A", GIB, 2 * GIB, [(1, GIB)])]
+    sample = GpuSampler(nvml=FakeNvml(local), pgid=server_group.pid).sample()
+    assert sample.server_memory_note is None and sample.server_memory == 0
+    # Nothing on the GPU at all: also 0, nothing to explain.
+    idle = GpuSampler(nvml=FakeNvml([FakeGpu("A", 0, GIB)]), pgid=server_group.pid).sample()
+    assert idle.server_memory_note is None and idle.server_memory == 0
+    # Host PIDs but no server: nothing is missing.
+    foreign = [FakeGpu("A", GIB, 2 * GIB, [(HOST_PID, GIB)])]
+    assert GpuSampler(nvml=FakeNvml(foreign)).sample().server_memory_note is None
+    # One PID matches: the match is trusted, the unknown PID is someone else's.
+    mixed = [FakeGpu("A", 2 * GIB, 4 * GIB, [(server_group.pid, GIB), (HOST_PID, GIB)])]
+    sample = GpuSampler(nvml=FakeNvml(mixed), pgid=server_group.pid).sample()
+    assert sample.server_memory_note is None and sample.server_memory == GIB
+
+
+def test_memory_the_driver_cannot_attribute_is_explained(
+    server_group: subprocess.Popen[bytes],
+) -> None:
+    gpus = [FakeGpu("A", GIB, 2 * GIB, [(server_group.pid, None)])]
+    sample = GpuSampler(nvml=FakeNvml(gpus), pgid=server_group.pid).sample()
+    assert sample.server_memory_note == UNATTRIBUTED_NOTE
+    assert sample.server_memory is None
+
+
+class CountFailsNvml(FakeNvml):
+    def device_count(self) -> int:
+        raise NvmlCallError("nvmlDeviceGetCount: Unknown Error")
+
+
+def test_visible_gpu_indices_never_raise() -> None:
+    two = FakeNvml([FakeGpu("A", 0, GIB), FakeGpu("B", 0, GIB)])
+    assert visible_gpu_indices(two) == [0, 1]
+    assert two.shutdown_calls == 1
+    assert visible_gpu_indices(FakeNvml([], init_error="Driver Not Loaded")) == []
+    failing = CountFailsNvml([FakeGpu("A", 0, GIB)])
+    assert visible_gpu_indices(failing) == []
+    assert failing.shutdown_calls == 1

@@ -8,7 +8,7 @@ from pathlib import Path
 from textual.app import App, ComposeResult
 from textual.widgets import Digits, Sparkline, Static
 
-from backend.gpu import GpuReading, GpuSample
+from backend.gpu import HOST_PIDS_NOTE, GpuReading, GpuSample
 from backend.metrics import MetricsScraper, TelemetrySnapshot
 from backend.telemetry_checks import Expected, TelemetryChecks
 from tests.conftest import free_port
@@ -161,3 +161,59 @@ async def test_no_server_resets_the_panel() -> None:
 def test_colours_come_only_from_theme_variables() -> None:
     source = Path(telemetry_module.__file__).read_text()
     assert not re.search(r"#[0-9a-fA-F]{6}\b|#[0-9a-fA-F]{3}\b|rgb\(", source)
+
+
+def tensor_parallel_sample(note: str | None = None) -> GpuSample:
+    """Two H200s, a TP-2 server holding 70 and 66 GiB (or NVML could not say: `note`)."""
+    held = (0, 0) if note else (70 * GIB, 66 * GIB)
+    return GpuSample(
+        at=0.0,
+        gpus=[
+            GpuReading(0, "NVIDIA H200", 72 * GIB, 140 * GIB, 97.0, 61.0, 412.4, 700.0, held[0]),
+            GpuReading(1, "NVIDIA H200", 68 * GIB, 140 * GIB, 88.0, 57.0, 389.6, 700.0, held[1]),
+        ],
+        server_pids=[4242],
+        server_memory_note=note,
+    )
+
+
+async def test_every_gpu_and_the_server_summed_over_them() -> None:
+    app = PanelHost()
+    async with app.run_test(size=(80, 24)) as pilot:
+        panel = app.query_one(TelemetryPanel)
+        _, snap = spec_snapshot()
+        panel.update_snapshot(snap, tensor_parallel_sample())
+        await pilot.pause()
+        rows = text_of(panel, "#telemetry-gpu").splitlines()
+        assert rows[0].startswith("0 ") and rows[0].endswith(" 72/140G 97% 61C 412W")
+        assert rows[1].startswith("1 ") and rows[1].endswith(" 68/140G 88% 57C 390W")
+        assert rows[2] == "server 136.0G = 70.0G + 66.0G"
+        assert len(rows) == 3
+        # Each row fits the column on one line; the panel stays 38 x 20.
+        gpu = panel.query_one("#telemetry-gpu", Static)
+        assert gpu.outer_size.height == 3
+        assert panel.size.width <= 38
+        assert sum(child.outer_size.height for child in panel.children if child.display) <= 20
+
+
+async def test_container_shows_gpu_totals_and_why_the_server_figure_is_missing() -> None:
+    app = PanelHost()
+    async with app.run_test(size=(80, 24)) as pilot:
+        panel = app.query_one(TelemetryPanel)
+        _, snap = spec_snapshot()
+        panel.update_snapshot(snap, tensor_parallel_sample(HOST_PIDS_NOTE))
+        await pilot.pause()
+        text = text_of(panel, "#telemetry-gpu")
+        assert "all GPUs 140/280G  server ?" in text
+        assert "NVML reports host PIDs (container?)" in " ".join(text.split())
+        assert "server 0" not in text and "0.0G" not in text
+        assert sum(child.outer_size.height for child in panel.children if child.display) <= 20
+
+
+async def test_no_server_line_without_a_server() -> None:
+    app = PanelHost()
+    async with app.run_test(size=(80, 24)) as pilot:
+        panel = app.query_one(TelemetryPanel)
+        panel.update_gpu(two_gpus())
+        await pilot.pause()
+        assert "server" not in text_of(panel, "#telemetry-gpu")

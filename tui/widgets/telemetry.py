@@ -15,7 +15,7 @@ from textual.containers import Horizontal, Vertical
 from textual.markup import escape
 from textual.widgets import Digits, Sparkline, Static
 
-from backend.gpu import GpuSample, no_gpu_text
+from backend.gpu import GpuReading, GpuSample, no_gpu_text
 
 if TYPE_CHECKING:
     from backend.metrics import TelemetrySnapshot
@@ -51,8 +51,49 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value * 1000:.0f} ms"
 
 
+def _gib(value: int) -> str:
+    return f"{value / GIB:.1f}G"
+
+
+def gpu_row(reading: GpuReading, colour: str) -> str:
+    """`0 ██████░░░░ 71/140G 97% 55C 310W`: memory bar, util, temperature, power."""
+    row = (
+        f"{reading.index} {bar(reading.memory_fraction, colour, 10)} "
+        f"{reading.memory_used / GIB:.0f}/{reading.memory_total / GIB:.0f}G"
+    )
+    if reading.utilization is not None:
+        row += f" {reading.utilization:.0f}%"
+    if reading.temperature_c is not None:
+        row += f" {reading.temperature_c:.0f}C"
+    if reading.power_w is not None:
+        row += f" {reading.power_w:.0f}W"
+    return row
+
+
+def server_gpu_line(sample: GpuSample) -> str | None:
+    """What the server holds, summed over GPUs (and per GPU when several hold some);
+    the GPU totals and the reason when NVML cannot tell; None when no server is up."""
+    if not sample.server_pids:
+        return None
+    total = sample.server_memory
+    if total is None:
+        return (
+            f"all GPUs {sample.memory_used / GIB:.0f}/{sample.memory_total / GIB:.0f}G"
+            f"  server ?\n[$text-muted]{escape(sample.server_memory_note or '')}[/]"
+        )
+    holding = [reading for reading in sample.gpus if reading.server_memory]
+    line = f"server [b]{_gib(total)}[/]"
+    if len(holding) == 2:
+        first, second = (_gib(reading.server_memory) for reading in holding)
+        line += f" [$text-muted]= {first} + {second}[/]"
+    elif len(holding) > 2:
+        line += f" [$text-muted]on {len(holding)} GPUs[/]"
+    return line
+
+
 def gpu_lines(sample: GpuSample | None, muted: bool = False) -> str:
-    """One bar per GPU (memory), or the reason there is none."""
+    """One row per GPU (memory bar, util, temperature, power), then the server's
+    GPU memory; or the reason there is no GPU."""
     if sample is None:
         return "[$text-muted]GPU: waiting for the first sample[/]"
     if not sample.has_gpu:
@@ -60,13 +101,12 @@ def gpu_lines(sample: GpuSample | None, muted: bool = False) -> str:
     lines = []
     for reading in sample.gpus[:MAX_GPU_ROWS]:
         colour = "$text-muted" if muted else level_colour(reading.memory_fraction)
-        lines.append(
-            f"{reading.index} {bar(reading.memory_fraction, colour, 10)} "
-            f"{reading.memory_used / GIB:.0f}/{reading.memory_total / GIB:.0f}G"
-            + (f" {reading.utilization:.0f}%" if reading.utilization is not None else "")
-        )
+        lines.append(gpu_row(reading, colour))
     if len(sample.gpus) > MAX_GPU_ROWS:
         lines.append(f"[$text-muted]+{len(sample.gpus) - MAX_GPU_ROWS} more GPUs[/]")
+    server = server_gpu_line(sample)
+    if server is not None:
+        lines.append(server)
     return "\n".join(lines)
 
 
