@@ -9,11 +9,12 @@ setting in snake_case; `backend.serve_args` turns one into an argv.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -26,6 +27,24 @@ from backend import paths
 SpecMethod = Literal["off", "mtp", "ngram", "suffix", "eagle3", "draft_model"]
 SPEC_METHODS: tuple[str, ...] = ("off", "mtp", "ngram", "suffix", "eagle3", "draft_model")
 CudagraphMode = Literal["NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE"]
+GPU_INDEX = re.compile(r"[0-9]+")
+
+
+def parse_gpu_list(text: str) -> list[int] | None:
+    """`"0, 2"` -> [0, 2]; empty -> None (every visible GPU). ValueError names the fix."""
+    parts = [part.strip() for part in text.split(",")]
+    if parts == [""]:
+        return None
+    bad = [part for part in parts if not GPU_INDEX.fullmatch(part)]
+    if bad:
+        raise ValueError(
+            f"{bad[0]!r} is not a GPU index: list indices as nvidia-smi numbers them, e.g. 0,1"
+        )
+    indices = [int(part) for part in parts]
+    twice = sorted({index for index in indices if indices.count(index) > 1})
+    if twice:
+        raise ValueError(f"GPU {twice[0]} is listed twice")
+    return indices
 
 
 class SpeculativeSettings(BaseModel):
@@ -105,6 +124,9 @@ class ServeProfile(BaseModel):
     enable_auto_tool_choice: bool = False
     tensor_parallel_size: int = Field(default=1, ge=1)
     pipeline_parallel_size: int = Field(default=1, ge=1)
+    gpus: str | None = None
+    """GPUs the server may use, by nvidia-smi index ("0,1"); None = every visible GPU.
+    Sent as CUDA_VISIBLE_DEVICES; tensor x pipeline parallel must not exceed their count."""
     distributed_executor_backend: Literal["mp", "ray", "uni", "external_launcher"] | None = None
     enable_prefix_caching: bool | None = None
     trust_remote_code: bool = False
@@ -125,6 +147,26 @@ class ServeProfile(BaseModel):
                 "profiles are plain files and must not hold secrets"
             )
         return value
+
+    @field_validator("gpus")
+    @classmethod
+    def _gpu_list(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        indices = parse_gpu_list(value)
+        return None if indices is None else ",".join(map(str, indices))
+
+    @model_validator(mode="after")
+    def _one_gpu_selection(self) -> ServeProfile:
+        if self.gpus is not None and "CUDA_VISIBLE_DEVICES" in self.env:
+            raise ValueError(
+                "gpus and env CUDA_VISIBLE_DEVICES both choose GPUs: keep gpus, drop the env entry"
+            )
+        return self
+
+    def gpu_indices(self) -> list[int] | None:
+        """The GPUs chosen in `gpus`, or None for every visible GPU."""
+        return None if self.gpus is None else parse_gpu_list(self.gpus)
 
 
 # The model card qtui automates, as a ready profile. `fp8` is mainline vLLM's
@@ -185,6 +227,16 @@ def mtp_cpu_profile(model: str, port: int = 8000) -> ServeProfile:
     )
 
 
+class EndpointSettings(BaseModel):
+    """A vLLM server qtui did not start, to watch, chat with and verify (`[endpoints.NAME]`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str
+    api_key_env: str | None = None
+    """Name of the environment variable holding its API key (never the key itself)."""
+
+
 class Settings(BaseSettings):
     """Everything qtui reads from its config file and `QTUI_*` variables."""
 
@@ -203,6 +255,8 @@ class Settings(BaseSettings):
     """Binding id -> keys, e.g. {"toggle_spec" = "ctrl+t"}."""
     ready_timeout_s: float = 900.0
     """How long `serve start` waits for /health before giving up."""
+    endpoints: dict[str, EndpointSettings] = Field(default_factory=dict)
+    """Servers qtui did not start, by name: `w` in the panel switches between them."""
 
     @classmethod
     def settings_customise_sources(

@@ -32,6 +32,7 @@ from tui.screens.server import ServerScreen
 
 if TYPE_CHECKING:
     from backend.config import ServeProfile, Settings
+    from backend.endpoint import Endpoint
     from backend.gpu import GpuSample
     from backend.metrics import MetricsScraper, TelemetrySnapshot
     from backend.mtp_doctor import Report
@@ -60,6 +61,10 @@ class QtuiApp(App[int]):
     """The MTP doctor's verdict on the selected profile's checkpoint (None: not local)."""
     server_status: var[ServerStatus | None] = var(None, init=False)
     """The last poll of the server; None until the first poll has answered."""
+    endpoint: var[Endpoint | None] = var(None, init=False)
+    """A server qtui did not start, shown instead of its own (`--url`, `w`); None: ours."""
+    served: var[str] = var("", init=False)
+    """What a watched endpoint serves, from its /v1/models."""
     telemetry: var[tuple[TelemetrySnapshot | None, GpuSample | None] | None] = var(
         None, init=False, always_update=True
     )
@@ -82,8 +87,10 @@ class QtuiApp(App[int]):
         supervisor: ServerSupervisor | None = None,
         profile_name: str | None = None,
         poll_interval_s: float = 1.0,
+        endpoint: Endpoint | None = None,
     ) -> None:
         super().__init__()
+        self.set_reactive(QtuiApp.endpoint, endpoint)
         self._settings = settings
         self._supervisor = supervisor
         self._requested_profile = profile_name
@@ -190,6 +197,19 @@ class QtuiApp(App[int]):
         self.tail_log()
         self.check_mtp()
 
+    def _not_ours(self) -> bool:
+        """True (and says why) when the panel shows a server qtui did not start."""
+        endpoint = self.endpoint
+        if endpoint is None:
+            return False
+        self.notify(
+            f"{endpoint.name} was not started by qtui: start, stop, restart and the MTP toggle "
+            "are for the server qtui runs (w switches back to it)",
+            severity="warning",
+            timeout=8,
+        )
+        return True
+
     def _not_booted(self) -> bool:
         """True (and says so) when a key arrives before the config has been read."""
         if self.booted:
@@ -236,22 +256,40 @@ class QtuiApp(App[int]):
         A server that stopped answering is not scraped: its /health timeout is
         wait enough, and the panel shows "not responding" instead.
         """
+        from backend.endpoint import EndpointWatcher
         from backend.gpu import GpuSampler
+        from backend.metrics import MetricsScraper
         from backend.telemetry_checks import scraper_for
 
         worker = get_current_worker()
         sampler = GpuSampler()
         scraper: MetricsScraper | None = None
         following: tuple[int, str] | None = None
+        watcher: EndpointWatcher | None = None
         while not worker.is_cancelled and not self._stop_polling.is_set():
-            status = self.supervisor.status()
-            self.post_message(ServerStatusPolled(status))
-            record = status.record if status.phase.is_up else None
-            key = (record.pid, record.url) if record is not None else None
+            endpoint = self.endpoint
+            if endpoint is None:
+                status = self.supervisor.status()
+                record = status.record if status.phase.is_up else None
+                key = (record.pid, record.url) if record is not None else None
+            else:
+                # A server qtui did not start: /health and /metrics by URL, GPU totals only.
+                if watcher is None or watcher.endpoint != endpoint:
+                    watcher = EndpointWatcher(endpoint)
+                status = watcher.status()
+                record = None
+                key = (0, endpoint.url)
+            served = watcher.served if watcher is not None and endpoint is not None else ""
+            self.post_message(ServerStatusPolled(status, endpoint, served))
             if key != following:
                 following = key
                 sampler.watch(record.pgid if record is not None else None)
-                scraper = scraper_for(record) if record is not None else None
+                if record is not None:
+                    scraper = scraper_for(record)
+                elif endpoint is not None:
+                    scraper = MetricsScraper(endpoint.url)
+                else:
+                    scraper = None
             answering = status.phase is Phase.READY
             snapshot = scraper.scrape() if scraper is not None and answering else None
             self.post_message(TelemetrySampled(snapshot, sampler.sample()))
@@ -259,6 +297,9 @@ class QtuiApp(App[int]):
 
     @on(ServerStatusPolled)
     def _keep_status(self, message: ServerStatusPolled) -> None:
+        if message.endpoint != self.endpoint:
+            return  # polled just before a switch (w)
+        self.served = message.served
         self.server_status = message.status
 
     @on(TelemetrySampled)
@@ -274,7 +315,8 @@ class QtuiApp(App[int]):
         offset = 0
         pending = b""
         while not worker.is_cancelled and not self._stop_polling.is_set():
-            record = self.supervisor.load_record()
+            # A watched endpoint's log is on another machine or another user's disk.
+            record = self.supervisor.load_record() if self.endpoint is None else None
             path = Path(record.log_path) if record else None
             lines: list[str] = []
             reset = False
@@ -397,6 +439,8 @@ class QtuiApp(App[int]):
         return f"Patched {model.name}: {'; '.join(result.actions) or 'nothing to change'}{backup}"
 
     def action_start_server(self) -> None:
+        if self._not_ours():
+            return
         chosen = self._require_profile()
         if chosen is not None:
 
@@ -409,7 +453,7 @@ class QtuiApp(App[int]):
     def action_stop_server(self) -> None:
         from tui.screens.confirm import ConfirmScreen
 
-        if self._not_booted():
+        if self._not_booted() or self._not_ours():
             return
         # The last poll, not a new /health call: a hung server must not hold the key.
         status = self.server_status or self.supervisor.status()
@@ -432,7 +476,7 @@ class QtuiApp(App[int]):
         self._run_control("stop", None)
 
     def action_restart_server(self) -> None:
-        if self._not_booted():
+        if self._not_booted() or self._not_ours():
             return
         record = self.supervisor.load_record()
         chosen = (record.profile_name, record.serve_profile) if record else self._require_profile()
@@ -441,7 +485,7 @@ class QtuiApp(App[int]):
             self._run_control("restart", chosen)
 
     def action_toggle_spec(self) -> None:
-        if self._not_booted():
+        if self._not_booted() or self._not_ours():
             return
         status = self.server_status or self.supervisor.status()
         if status.phase.is_up and status.record is not None:
@@ -513,6 +557,12 @@ class QtuiApp(App[int]):
         """Probe the server qtui runs (the last poll says whether one answers)."""
         if self._not_booted():
             return
+        from tui.screens.verify import VerifyScreen
+
+        endpoint = self.endpoint
+        if endpoint is not None:
+            self.push_screen(VerifyScreen(endpoint.url, api_key_env=endpoint.api_key_env))
+            return
         status = self.server_status
         record = status.record if status is not None and status.phase.is_up else None
         if record is None:
@@ -520,7 +570,6 @@ class QtuiApp(App[int]):
                 "No server is running: s starts one, then v verifies it", severity="warning"
             )
             return
-        from tui.screens.verify import VerifyScreen
 
         self.push_screen(
             VerifyScreen(
@@ -529,6 +578,38 @@ class QtuiApp(App[int]):
                 log_path=Path(record.log_path),
                 api_key_env=record.serve_profile.api_key_env,
             )
+        )
+
+    def endpoints(self) -> list[Endpoint | None]:
+        """What `w` cycles through: qtui's own server, then the config's `[endpoints]`."""
+        from backend.endpoint import Endpoint
+
+        known: list[Endpoint | None] = [None]
+        for name, entry in self.settings.endpoints.items():
+            known.append(Endpoint(name, entry.url.rstrip("/"), entry.api_key_env))
+        if self.endpoint is not None and self.endpoint not in known:
+            known.append(self.endpoint)  # the one given with --url
+        return known
+
+    def action_switch_endpoint(self) -> None:
+        if self._not_booted():
+            return
+        known = self.endpoints()
+        if len(known) == 1:
+            self.notify(
+                "No other server to watch: add one under [endpoints] in the config, "
+                "or open qtui --url URL",
+                severity="warning",
+                timeout=8,
+            )
+            return
+        shown = self.endpoint
+        self.endpoint = known[(known.index(shown) + 1) % len(known)]
+        self.server_status = None
+        self.served = ""
+        chosen = self.endpoint
+        self.notify(
+            f"Watching {chosen.name} ({chosen.url})" if chosen else "Watching qtui's server"
         )
 
     def action_pick_profile(self) -> None:
@@ -599,6 +680,11 @@ class QtuiApp(App[int]):
             self.action_bench,
         )
         yield SystemCommand(
+            "Switch server",
+            "qtui's own server or one of the config's [endpoints]",
+            self.action_switch_endpoint,
+        )
+        yield SystemCommand(
             "Verify the server",
             "Health, models, a streamed reply, parsers, spec decoding, KV cache: pass or fail",
             self.action_verify,
@@ -630,6 +716,7 @@ def make_app(
     settings: Settings | None = None,
     supervisor: ServerSupervisor | None = None,
     poll_interval_s: float = 1.0,
+    endpoint: Endpoint | None = None,
 ) -> QtuiApp:
     """The one factory the CLI and the tests use to build the panel.
 
@@ -645,4 +732,7 @@ def make_app(
         except EngineError:
             engine = None  # the panel still opens; starting says how to fix it
         supervisor = ServerSupervisor(engine)
-    return QtuiApp(settings, supervisor, profile_name=profile, poll_interval_s=poll_interval_s)
+    return QtuiApp(
+        settings, supervisor, profile_name=profile, poll_interval_s=poll_interval_s,
+        endpoint=endpoint,
+    )  # fmt: skip

@@ -35,6 +35,18 @@ def _add_panel_options(parser: argparse.ArgumentParser) -> None:
         "--version", action="store_true", help="print qtui's version and the engine's, then exit"
     )
     parser.add_argument("--profile", help="serve profile to show (default: default_profile)")
+    parser.add_argument(
+        "--url",
+        dest="watch_url",
+        metavar="URL",
+        help="watch a vLLM server qtui did not start (chat, telemetry, verify; no start/stop)",
+    )
+    parser.add_argument(
+        "--api-key-env",
+        dest="watch_api_key_env",
+        metavar="NAME",
+        help="environment variable holding the --url server's API key",
+    )
     parser.add_argument("--serve-web", action="store_true", help="serve the panel to a browser")
     parser.add_argument("--port", type=int, default=8566, help="port for --serve-web")
     parser.add_argument(
@@ -131,6 +143,11 @@ def _open_panel(args: argparse.Namespace) -> int:
         return serve_web(port=args.port, profile=args.profile, host=args.web_host)
     from tui.app import make_app
 
-    app = make_app(profile=args.profile)
+    endpoint = None
+    if args.watch_url:
+        from backend.endpoint import endpoint_from_url
+
+        endpoint = endpoint_from_url(args.watch_url, args.watch_api_key_env)
+    app = make_app(profile=args.profile, endpoint=endpoint)
     app.run()
     return app.return_code or 0

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from textual.message import Message
 
 if TYPE_CHECKING:
+    from backend.endpoint import Endpoint
     from backend.gpu import GpuSample
     from backend.metrics import TelemetrySnapshot
     from backend.server_state import ServerStatus
@@ -16,9 +17,14 @@ if TYPE_CHECKING:
 class ServerStatusPolled(Message):
     """A fresh view of the server (phase, record), about once a second."""
 
-    def __init__(self, status: ServerStatus) -> None:
+    def __init__(
+        self, status: ServerStatus, endpoint: Endpoint | None = None, served: str = ""
+    ) -> None:
         super().__init__()
         self.status = status
+        self.endpoint = endpoint
+        """Which server was polled: None for qtui's own."""
+        self.served = served
 
     def can_replace(self, message: Message) -> bool:
         return isinstance(message, ServerStatusPolled)

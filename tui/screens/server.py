@@ -15,6 +15,7 @@ from textual.containers import Horizontal
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Static, TabbedContent, TabPane, Tabs
 
+from backend.endpoint import NOT_OURS
 from backend.server_state import Phase, ServerStatus
 from backend.telemetry_checks import StartupReadout, parse_startup
 from tui.messages import ServerLogLines
@@ -24,6 +25,7 @@ from tui.widgets.telemetry import TelemetryPanel
 
 if TYPE_CHECKING:
     from backend.config import ServeProfile
+    from backend.endpoint import Endpoint
     from backend.gpu import GpuSample
     from backend.metrics import TelemetrySnapshot
     from backend.mtp_doctor import Report
@@ -80,6 +82,8 @@ class ServerScreen(Screen[None]):
                 tooltip="Quantize a model with AutoRound (W4A16) and fix its MTP head"),
         Binding("b", "app.bench", "Bench", id="bench", show=False,
                 tooltip="Decode tok/s with spec decoding off vs on (the model card's table)"),
+        Binding("w", "app.switch_endpoint", "Server", id="switch_endpoint", show=False,
+                tooltip="Watch another vLLM server ([endpoints] in the config, or --url)"),
         Binding("v", "app.verify", "Verify", id="verify", show=False,
                 tooltip="Probe the running server: health, models, chat, parsers, spec, KV cache"),
         Binding("l", "show_tab('tab-log')", "Log", id="show_log",
@@ -126,11 +130,17 @@ class ServerScreen(Screen[None]):
         self._apply_width(self.size.width)
         self.watch(self.app, "selected_profile", self._show_profile, init=True)
         self.watch(self.app, "mtp_report", self._show_mtp_report, init=True)
+        self.watch(self.app, "endpoint", self._show_endpoint, init=True)
+        self.watch(self.app, "served", self._show_served, init=True)
         self.watch(self.app, "server_status", self.show_status, init=True)
         self.watch(self.app, "telemetry", self.show_telemetry, init=True)
-        self.query_one(ServerLogView).add_lines(
-            ["# qtui: no server log yet. s starts the profile above, p picks another, e edits it."]
-        )
+        if self._qtui_app().endpoint is None:
+            self.query_one(ServerLogView).add_lines(
+                [
+                    "# qtui: no server log yet. s starts the profile above, "
+                    "p picks another, e edits it."
+                ]
+            )
 
     @property
     def chat(self) -> ChatPane | None:
@@ -144,7 +154,13 @@ class ServerScreen(Screen[None]):
 
         pane = self.chat
         if pane is None:
-            pane = ChatPane(focus_on_mount=False, id="chat")
+            endpoint = self._qtui_app().endpoint
+            pane = ChatPane(
+                endpoint.url if endpoint else None,
+                api_key_env=endpoint.api_key_env if endpoint else None,
+                focus_on_mount=False,
+                id="chat",
+            )
             await self.query_one("#tab-chat", TabPane).mount(pane)
         return pane
 
@@ -336,6 +352,25 @@ class ServerScreen(Screen[None]):
             bar.mtp_note = "MTP needs a patch (m offers it)"
         else:
             bar.mtp_note = f"MTP unavailable: {report.reason}"
+
+    def _show_endpoint(self, endpoint: Endpoint | None) -> None:
+        """Another server is shown (or qtui's own again): the bar, the chat, the log say so."""
+        bar = self.query_one(ServerStatusBar)
+        bar.endpoint = endpoint
+        bar.status = None
+        chat = self.chat
+        if chat is not None:
+            chat.base_url = endpoint.url if endpoint else None
+            chat.api_key_env = endpoint.api_key_env if endpoint else None
+        if endpoint is not None:
+            self.query_one(ServerLogView).add_lines(
+                [f"# qtui: watching {endpoint.url}, {NOT_OURS}: its log is not ours to read"],
+                reset=True,
+            )
+            self.query_one(LogDoctor).examine([], reset=True)
+
+    def _show_served(self, served: str) -> None:
+        self.query_one(ServerStatusBar).served = served
 
     def _show_profile(self, selected: tuple[str, ServeProfile] | None) -> None:
         bar = self.query_one(ServerStatusBar)

@@ -9,10 +9,12 @@ from textual.markup import escape
 from textual.reactive import reactive
 from textual.widgets import Static
 
+from backend.endpoint import NOT_OURS
 from backend.server_state import Phase, ServerStatus
 
 if TYPE_CHECKING:
     from backend.config import ServeProfile
+    from backend.endpoint import Endpoint
 
 PHASE_MARK = {
     Phase.READY: "●",
@@ -58,6 +60,10 @@ class ServerStatusBar(Static):
     profile_name: reactive[str] = reactive("")
     """The profile shown when no server runs (the one `s` would start)."""
     profile: reactive[ServeProfile | None] = reactive(None)
+    endpoint: reactive[Endpoint | None] = reactive(None)
+    """A server qtui did not start, shown instead of its own."""
+    served: reactive[str] = reactive("")
+    """What that server serves (its /v1/models), once it has answered."""
     booting: reactive[bool] = reactive(True)
     """The App has not read the config yet (the first frame comes before it)."""
     mtp_note: reactive[str] = reactive("")
@@ -72,6 +78,8 @@ class ServerStatusBar(Static):
             self.refresh()
 
     def render(self) -> Content:
+        if self.endpoint is not None:
+            return self._render_endpoint(self.endpoint)
         status = self.status
         phase = status.phase if status else Phase.STOPPED
         record = status.record if status and phase.is_up else None
@@ -111,4 +119,22 @@ class ServerStatusBar(Static):
             line2 = "[$foreground-muted]reading the config…[/]"
         else:
             line2 = "[i]no serve profile: run `qtui init` or pass --profile[/]"
+        return Content.from_markup(line1 + "\n" + line2)
+
+    def _render_endpoint(self, endpoint: Endpoint) -> Content:
+        status = self.status
+        if status is None:
+            mark = "… checking"
+        else:
+            phase = status.phase
+            mark = f"[bold {PHASE_COLOUR[phase]}]{PHASE_MARK[phase]} {phase.value:<8}[/]"
+        where = "" if endpoint.url.endswith(f"://{endpoint.name}") else f"  {endpoint.url}"
+        line1 = f"{mark}  [b]{escape(endpoint.name)}[/]{escape(where)}  [$warning]{NOT_OURS}[/]"
+        if status is not None and status.reason and status.phase is not Phase.READY:
+            detail = f"[$warning]{escape(status.reason)}[/]"
+        elif self.served:
+            detail = f"[$foreground-muted]serves[/] {escape(self.served)}"
+        else:
+            detail = "[$foreground-muted]chat, telemetry, verify (v) and bench work here[/]"
+        line2 = f"[$foreground-muted]watching (w: next)[/]  {detail}"
         return Content.from_markup(line1 + "\n" + line2)
