@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from backend.config import ServeProfile
+from backend.config import ServeProfile, parse_gpu_list
 from backend.engine import Engine, EngineFacts, engine_facts, resolve_kv_cache_dtype
 
 
@@ -134,6 +134,46 @@ def check_fits(profile: ServeProfile, engine: Engine) -> None:
     message = refusal(report)
     if message:
         raise LaunchRefused(message)
+
+
+def check_gpu_selection(
+    profile: ServeProfile, present: list[int], inherited: str | None = None
+) -> None:
+    """Refuse GPUs that are not there, or fewer GPUs than tensor x pipeline parallel needs.
+
+    `present` are NVML's GPU indices (empty: no NVIDIA GPU here, nothing to check);
+    `inherited` is a CUDA_VISIBLE_DEVICES the server would inherit when the profile
+    chooses no GPUs. One that is not a plain index list (UUIDs, MIG) is left to vLLM.
+    """
+    if not present:
+        return
+    tp, pp = profile.tensor_parallel_size, profile.pipeline_parallel_size
+    chosen, source = profile.gpu_indices(), "gpus"
+    if chosen is None and inherited is not None:
+        try:
+            chosen, source = parse_gpu_list(inherited) or [], "CUDA_VISIBLE_DEVICES"
+        except ValueError:
+            return
+    if chosen is not None:
+        missing = [index for index in chosen if index not in present]
+        if missing:
+            raise LaunchRefused(
+                f"{source} lists GPU {missing[0]}, but this machine has GPUs "
+                f"{_index_list(present)}: fix {source}"
+            )
+    seen = len(present) if chosen is None else len(chosen)
+    if tp * pp > seen:
+        where = "on this machine" if chosen is None else f"in {source} ({_index_list(chosen)})"
+        fix = "list more GPUs in gpus or " if chosen is not None and len(present) > seen else ""
+        raise LaunchRefused(
+            f"tensor_parallel_size {tp} x pipeline_parallel_size {pp} needs {tp * pp} GPUs, "
+            f"but the server sees {seen} {where}: {fix}lower tensor_parallel_size"
+            + (" or pipeline_parallel_size" if pp > 1 else "")
+        )
+
+
+def _index_list(indices: list[int]) -> str:
+    return ",".join(map(str, indices)) or "none"
 
 
 def _has_linear_attention(model_dir: Path) -> bool:
@@ -318,6 +358,16 @@ def plan_launch(
         check_fits(profile.model_copy(update={"kv_cache_dtype": kv_dtype}), engine)
 
     env: dict[str, str] = {"PYTHONUNBUFFERED": "1", "NO_COLOR": "1", **profile.env}
+    if profile.gpus is not None:
+        env["CUDA_VISIBLE_DEVICES"] = profile.gpus
+        # CUDA numbers GPUs fastest first, NVML and nvidia-smi by PCI bus: make
+        # the indices the user reads in nvidia-smi (and qtui's panel) the ones used.
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    if not facts.is_cpu_build:
+        from backend.gpu import visible_gpu_indices
+
+        inherited = env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
+        check_gpu_selection(profile, visible_gpu_indices(), inherited)
     gdn_note = _without_flashinfer(profile, facts, model_path if looks_local else None, env)
     if gdn_note:
         profile = profile.model_copy(update={"extra_args": [*profile.extra_args, *gdn_note[1]]})

