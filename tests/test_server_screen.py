@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from pathlib import Path
 
 import httpx
@@ -133,3 +135,39 @@ async def test_keys_typed_right_after_c_reach_the_chat_input(
         await pilot.pause(0.2)
         assert app.screen is server_screen, "`e` or `x` reached the screen's bindings"
         assert server_screen.query_one("#chat-input", Input).value == "exact cue"
+
+
+async def test_a_frozen_server_neither_delays_the_panel_nor_holds_a_key(
+    tiny_model: Path, engine: Engine, tmp_path: Path
+) -> None:
+    """SIGSTOP: the port accepts, /health never answers (a GPU hang looks the same).
+
+    The first frame comes before any /health answer (the bar says "… checking", no
+    poll has come back), the bar then says "not responding", `x` asks at once (it reads
+    the last poll, not a new /health call), and the stop still ends the whole group.
+    How fast, beside a bare Textual app, is bench/bench_panel.py's to measure.
+    """
+    state = tmp_path / "state"
+    app = build_app(tiny_model, engine, state)
+    sup = app.supervisor
+    sup.start("tiny-cpu", app.settings.all_profiles()["tiny-cpu"], timeout_s=300)
+    record = sup.load_record()
+    assert record is not None
+    os.killpg(record.pgid, signal.SIGSTOP)
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            bar = app.screen.query_one(ServerStatusBar)
+            assert app.server_status is None and "… checking" in str(bar.render())
+            await bar_shows(app, Phase.NOT_RESPONDING, timeout=30)
+            await pilot.press("x")
+            await pilot.pause()
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("y")
+            await pilot.pause()
+            await finish_control(app)
+            await bar_shows(app, Phase.STOPPED, timeout=30)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(record.pgid, signal.SIGCONT)
+        sup.stop()
+    assert group_members(record.pgid) == []

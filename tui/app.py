@@ -196,6 +196,18 @@ class QtuiApp(App[int]):
         self.watch_server()
         self.tail_log()
         self.check_mtp()
+        self.set_timer(1.0, self._warm_up)
+
+    @work(thread=True, group="warm-up", exit_on_error=False, description="import the screens")
+    def _warm_up(self) -> None:
+        """Import what the other screens need while nobody waits, so the first `?`, `c`,
+        `e`, `a` or `b` opens in a frame rather than after a fifth of a second of imports."""
+        import tui.screens.bench
+        import tui.screens.help
+        import tui.screens.profile_editor
+        import tui.screens.profile_picker
+        import tui.screens.quantize
+        import tui.widgets.chat  # noqa: F401
 
     def _not_ours(self) -> bool:
         """True (and says why) when the panel shows a server qtui did not start."""
@@ -345,7 +357,10 @@ class QtuiApp(App[int]):
         # A call, not a re-post: a message posted to the screen would bubble
         # back up to this handler.
         screen = self.server_screen
-        if screen is not None:
+        if screen is not None and not screen.is_mounted:
+            # The log's first lines can beat the screen's first compose: hold them a turn.
+            self.set_timer(0.05, partial(self._forward_log, message))
+        elif screen is not None:
             screen.show_log(message)
 
     # -- actions --------------------------------------------------------------
