@@ -1,7 +1,8 @@
 """The profile editor: edit a serve profile, see its `vllm serve` line, save, apply.
 
 The form (tui.widgets.profile_form) turns keys into a profile; this screen
-shows the exact command that profile launches, how it differs from what the
+shows the exact command that profile launches, whether its KV cache fits
+(tui.widgets.fit_box, predicted in a worker), how it differs from what the
 server runs now, and does the profile-level actions: save, save as,
 duplicate, delete, apply (save, then restart through the App's control
 worker). Built-in profiles are read-only; "save as" makes a user copy.
@@ -18,7 +19,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
 from textual.message import Message
 from textual.screen import Screen
@@ -30,6 +31,7 @@ from backend.engine import KNOWN_KV_DTYPES, Engine, engine_facts
 from backend.supervisor import ServerStatus
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.profile_prompts import ProfileNamePrompt
+from tui.widgets.fit_box import FitBox
 from tui.widgets.profile_fields import FIELDS, preview_command, profile_changes
 from tui.widgets.profile_form import ProfileForm
 
@@ -124,6 +126,10 @@ class ProfileEditorScreen(Screen[None]):
         return self.query_one(ProfileForm)
 
     @property
+    def fit_box(self) -> FitBox:
+        return self.query_one(FitBox)
+
+    @property
     def read_only(self) -> bool:
         """Built-ins ship with qtui; a user profile of the same name overrides one."""
         name = self.profile_name
@@ -139,13 +145,16 @@ class ProfileEditorScreen(Screen[None]):
         engine = self.qtui.supervisor.engine
         yield Static(id="editor-title")
         with Horizontal(id="editor-body"):
+            kv_dtypes = accepted_kv_dtypes(engine)
             if self.saved is not None:
-                yield ProfileForm(self.saved, accepted_kv_dtypes(engine), id="editor-form")
-            with VerticalScroll(id="editor-side"):
-                yield Static(id="preview-command")
-                yield Static(id="preview-env")
-                yield Static(id="preview-check")
-                yield Static(id="running-diff")
+                yield ProfileForm(self.saved, kv_dtypes, id="editor-form")
+            with Vertical(id="editor-aside"):
+                yield FitBox(engine, kv_dtypes, id="fit-box")
+                with VerticalScroll(id="editor-side"):
+                    yield Static(id="preview-command")
+                    yield Static(id="preview-env")
+                    yield Static(id="preview-check")
+                    yield Static(id="running-diff")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -156,6 +165,7 @@ class ProfileEditorScreen(Screen[None]):
         self._apply_width(self.size.width)
         self.query_one("#editor-side").border_title = "vllm serve"
         self._show_title()
+        self.fit_box.request(self.saved, now=True)
         self.watch_running()
 
     def on_unmount(self) -> None:
@@ -179,6 +189,7 @@ class ProfileEditorScreen(Screen[None]):
         self._close_armed = False
         self._show_title()
         profile = event.reading.profile
+        self.fit_box.request(profile)
         if profile is not None:
             self._show_preview(profile)
         else:
