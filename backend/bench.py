@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 
 from backend import paths
+from backend.atomic import write_atomic
 from backend.chat import ChatClient, ChatOptions, ReplyAccumulator, root_url, user_message
 from backend.config import ServeProfile
 from backend.engine import engine_facts
@@ -411,9 +412,7 @@ def save_run(run: BenchRun, extra_path: Path | None = None) -> Path:
     for path in (target, extra_path):
         if path is None:
             continue
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_text(text)
-        temp.replace(path)
+        write_atomic(path, text)
     return target
 
 

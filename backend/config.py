@@ -8,7 +8,6 @@ setting in snake_case; `backend.serve_args` turns one into an argv.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +22,7 @@ from pydantic_settings import (
 )
 
 from backend import paths
+from backend.atomic import write_atomic
 
 SpecMethod = Literal["off", "mtp", "ngram", "suffix", "eagle3", "draft_model"]
 SPEC_METHODS: tuple[str, ...] = ("off", "mtp", "ngram", "suffix", "eagle3", "draft_model")
@@ -303,12 +303,7 @@ def save_user_config(settings: Settings) -> Path:
         name: profile.model_dump(mode="json", exclude_none=True)
         for name, profile in settings.profiles.items()
     }
-    tmp = path.with_suffix(".toml.tmp")
-    with open(tmp, "wb") as handle:
-        tomli_w.dump(data, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, tomli_w.dumps(data))
     return path
 
 

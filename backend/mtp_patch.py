@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from backend.atomic import fsync_dir, write_bytes_durably
 from backend.mtp_doctor import (
     FC,
     INDEX_NAME,
@@ -53,9 +54,7 @@ from backend.mtp_doctor import (
 from backend.safetensors_header import (
     TensorSpec,
     float32_to_bf16_bits,
-    fsync_dir,
     read_tensor,
-    write_bytes_durably,
     write_safetensors,
 )
 

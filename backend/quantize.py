@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 
 from backend import paths
+from backend.atomic import write_json_atomic
 from backend.config import ServeProfile, SpeculativeSettings
 from backend.mtp_doctor import Verdict, diagnose_checkpoint
 from backend.mtp_patch import PatchError, patch_checkpoint
@@ -279,9 +280,7 @@ class QuantizeJob:
 
     def _save(self) -> None:
         path = self.state_path(self.state_dir)
-        temp = path.with_suffix(".tmp")
-        temp.write_text(json.dumps(asdict(self.record), indent=2))
-        os.replace(temp, path)
+        write_json_atomic(path, asdict(self.record))
 
     def _leader(self) -> psutil.Process | None:
         if self._process is not None and self._process.poll() is not None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from backend.atomic import fsync_dir
+
 # The reference implementation refuses headers above 100 MB; a larger length
 # means the file is not safetensors (or is corrupt), not that it is huge.
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -284,22 +286,6 @@ def write_safetensors_atomic(
     finally:
         if os.path.exists(temp):
             os.unlink(temp)
-
-
-def write_bytes_durably(path: Path, data: bytes) -> None:
-    """Write and fsync `path` in place (used for temps that are renamed later)."""
-    with Path(path).open("wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-
-
-def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def total_data_bytes(headers: Iterable[SafetensorsHeader]) -> int:

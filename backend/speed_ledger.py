@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import statistics
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from backend import paths
+from backend.atomic import write_json_atomic
 from backend.chat import root_url
 from backend.supervisor import ServerSupervisor
 
@@ -143,9 +143,7 @@ class SpeedLedger:
             fcntl.flock(lock, fcntl.LOCK_EX)
             data = self._read()
             yield data
-            temp = self.path.with_suffix(".tmp")
-            temp.write_text(json.dumps(data))
-            os.replace(temp, self.path)
+            write_json_atomic(self.path, data, indent=None)
 
 
 def record_reply(

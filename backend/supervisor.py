@@ -26,6 +26,7 @@ import httpx
 import psutil
 
 from backend import paths
+from backend.atomic import write_json_atomic
 from backend.config import ServeProfile
 from backend.engine import Engine
 from backend.gpu import gpu_memory_held_by
@@ -75,7 +76,6 @@ class ServerSupervisor:
         self.state_path = self.state_dir / "server.json"
         self._lock_path = self.state_dir / "server.lock"
         self._child: subprocess.Popen[bytes] | None = None
-        self._before_stop: list[Callable[[], None]] = []
         self._http = httpx.Client(timeout=httpx.Timeout(2.0, connect=1.0))
 
     # -- state file -------------------------------------------------------
@@ -87,9 +87,7 @@ class ServerSupervisor:
             return None
 
     def _save_record(self, record: ServerRecord) -> None:
-        tmp = self.state_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(record), indent=2))
-        os.replace(tmp, self.state_path)
+        write_json_atomic(self.state_path, asdict(record))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -320,10 +318,6 @@ class ServerSupervisor:
         return status
 
     # -- stopping ---------------------------------------------------------
-    def add_before_stop(self, callback: Callable[[], None]) -> None:
-        """Run `callback` before signalling: close our own streams so vLLM need not wait."""
-        self._before_stop.append(callback)
-
     def stop(
         self, *, first_wait_s: float = 15.0, second_wait_s: float = 10.0, term_wait_s: float = 5.0
     ) -> StopReport:
@@ -335,9 +329,6 @@ class ServerSupervisor:
             if record is None:
                 report.steps.append("no server recorded")
                 return report
-            for callback in self._before_stop:
-                with contextlib.suppress(Exception):
-                    callback()
             # Remember who was in the group: after they exit, NVML must not show them
             # holding GPU memory (vLLM #55510: orphaned workers keep it).
             seen_pids = [proc.pid for proc in group_members(record.pgid)]

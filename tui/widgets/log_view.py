@@ -9,12 +9,9 @@ from textual.widgets import RichLog, Static
 
 from backend.vllm_log import Diagnosis, diagnose, level_of, more_specific
 
-LEVEL_STYLE = {
-    "ERROR": "bold red",
-    "CRITICAL": "bold red",
-    "WARNING": "yellow",
-    "DEBUG": "dim",
-}
+# Log levels -> the theme variable that colours them (looked up when a line is
+# written, so the light and dark themes each use their own error and warning).
+LEVEL_COLOUR = {"ERROR": "error", "CRITICAL": "error", "WARNING": "warning"}
 
 
 class ServerLogView(RichLog):
@@ -33,10 +30,20 @@ class ServerLogView(RichLog):
             self._search_from = 0
         for line in lines:
             self.kept.append(line)
-            style = LEVEL_STYLE.get(level_of(line) or "", "")
-            if line.startswith("# qtui:"):
-                style = "bold"
+            style = self._style_of(line)
             self.write(Text(line, style=style))
+
+    def _style_of(self, line: str) -> str:
+        if line.startswith("# qtui:"):
+            return "bold"
+        level = level_of(line) or ""
+        if level == "DEBUG":
+            return "dim"
+        variable = LEVEL_COLOUR.get(level)
+        if variable is None:
+            return ""
+        colour = self.app.theme_variables.get(variable, "")
+        return f"bold {colour}" if level in ("ERROR", "CRITICAL") else colour
 
     def find_next(self, needle: str) -> tuple[int, int] | None:
         """Scroll to the next line containing `needle` (case-insensitive).
