@@ -22,7 +22,7 @@ from tui.app import QtuiApp, make_app
 from tui.screens.profile_editor import ProfileEditorScreen
 
 SIZES = [(80, 24), (160, 50)]
-SETTLING = ("mtp-doctor", "bench-list")
+SETTLING = ("mtp-doctor", "bench-list", "profile-editor-fit")
 """Workers whose result the screen shows: a snapshot waits for them."""
 THEMES = ["qtui-dark", "qtui-light"]
 

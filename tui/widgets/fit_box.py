@@ -68,7 +68,7 @@ def verdict_text(report: FitReport) -> str:
         note = report.reason.partition("; note ")[2]
         return f"{head}; note {note}" if note else head
     if report.verdict == "unknown":
-        return f"? {report.reason}"
+        return "? unknown: set kv_cache_memory_bytes to check (no GPU seen)"
     mark = "✖" if report.verdict == "does not fit" else "!"
     text = f"{mark} {report.verdict}: {report.reason}"
     if report.fixes:
