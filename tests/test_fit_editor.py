@@ -5,17 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from textual.message import Message
 from textual.pilot import Pilot
 from textual.widgets import Input, Static
 
 from backend.config import ServeProfile, Settings, mtp_cpu_profile
 from backend.engine import Engine
-from backend.fit import FitReport, predict_fit
+from backend.fit import FitReport, FitTarget, predict_fit
 from backend.supervisor import ServerSupervisor
 from tests.conftest import engine_spec, free_port
 from tests.test_profile_editor import NARROW, WIDE, open_editor, type_into, until
 from tui.app import QtuiApp, make_app
+from tui.screens.profile_editor import ProfileEditorScreen
 from tui.widgets.fit_box import FIT_GROUP, NOT_LOCAL, FitBox
 from tui.widgets.profile_form import ProfileForm
 
@@ -166,3 +168,26 @@ async def test_fit_box_is_quiet_for_a_model_that_is_not_local(
         await type_into(pilot, form.control_for("model"), str(tiny_model))
         await settled(app, pilot, form)
         assert box.report is not None and "KV" in box_text(app)
+
+
+async def test_fit_box_shows_why_it_cannot_predict(
+    tiny_model: Path, engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "no-shards"
+    empty.mkdir()
+    (empty / "config.json").write_text((tiny_model / "config.json").read_text())
+    app = editor_app(ServeProfile(model=str(empty), port=free_port()), engine, tmp_path / "st")
+    async with app.run_test(size=NARROW) as pilot:
+        form = await open_editor(app, pilot)
+        await settled(app, pilot, form)
+        assert box_text(app) == f"fit: {empty}: no *.safetensors files"
+
+        # A bug in the arithmetic lands in the box; the editor keeps working.
+        def broken(self: FitTarget, profile: ServeProfile) -> FitReport:
+            raise ZeroDivisionError("a bug")
+
+        monkeypatch.setattr(FitTarget, "predict", broken)
+        await type_into(pilot, form.control_for("model"), str(tiny_model))
+        await settled(app, pilot, form)
+        assert box_text(app) == "fit: could not predict (ZeroDivisionError('a bug'))"
+        assert isinstance(app.screen, ProfileEditorScreen)

@@ -17,7 +17,7 @@ from textual.content import Content
 from textual.message import Message
 from textual.timer import Timer
 from textual.widgets import Static
-from textual.worker import get_current_worker
+from textual.worker import Worker, WorkerState, get_current_worker
 
 from backend.config import ServeProfile
 from backend.engine import Engine
@@ -178,19 +178,30 @@ class FitBox(Vertical):
         if not worker.is_cancelled:
             self.post_message(self.Predicted(self, profile, report, problem))
 
+    @on(Worker.StateChanged)
+    def _worker_failed(self, event: Worker.StateChanged) -> None:
+        """A bug in the arithmetic shows in the box, not as a crash of the editor."""
+        if event.worker.group != FIT_GROUP or event.state is not WorkerState.ERROR:
+            return
+        event.stop()
+        if self.requested is not None:
+            problem = f"fit: could not predict ({event.worker.error!r})"
+            self._show(self.requested, None, problem)
+
     @on(Predicted)
-    def _show(self, message: Predicted) -> None:
-        if message.profile != self.requested:
-            return  # a newer edit is on its way
-        self.shown, self.report = message.profile, message.report
+    def _predicted(self, message: Predicted) -> None:
+        if message.profile == self.requested:  # else a newer edit is on its way
+            self._show(message.profile, message.report, message.problem)
+
+    def _show(self, profile: ServeProfile, report: FitReport | None, problem: str | None) -> None:
+        self.shown, self.report = profile, report
         self.set_class(False, "-stale")
-        report = message.report
         figures = self.query_one("#fit-figures", Static)
         verdict = self.query_one("#fit-verdict", Static)
         others = self.query_one("#fit-others", Static)
         figures.set_class(report is None, "-quiet")
         if report is None:
-            figures.update(Content(message.problem or NOT_LOCAL))
+            figures.update(Content(problem or NOT_LOCAL))
             verdict.display = others.display = False
             return
         figures.update(Content(figures_text(report)))
