@@ -9,7 +9,7 @@ TINY_MODEL := .models/tiny
 TINY_MTP_MODEL := .models/tiny-mtp
 STAMP := $(VENV)/.qtui-panel-ready
 
-.PHONY: run test panel engine quant-env tiny-model lint check clean
+.PHONY: run test test-fast panel engine quant-env tiny-model lint check clean
 
 run: panel engine tiny-model
 	$(VENV)/bin/qtui init --engine $(ENGINE)/bin/vllm --cpu-model $(TINY_MODEL) --mtp-model $(TINY_MTP_MODEL)
@@ -41,6 +41,10 @@ lint: panel
 test: panel engine quant-env lint
 	QTUI_VLLM=$(CURDIR)/$(ENGINE)/bin/vllm QTUI_QUANT_PYTHON=$(CURDIR)/$(QUANT)/bin/python \
 	  $(VENV)/bin/pytest -q -ra
+
+# The tier without the engine: seconds-to-minutes feedback while editing the panel.
+test-fast: panel lint
+	$(VENV)/bin/pytest -q -ra -m "not vllm and not slow"
 
 clean:
 	rm -rf $(VENV) $(ENGINE) $(QUANT) .models

@@ -37,6 +37,20 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+# A test that asks for one of these needs the real engine (or the quant env): it is
+# marked `vllm` here, so `make test-fast` (-m "not vllm and not slow") can leave it out
+# without each test remembering its mark.
+ENGINE_FIXTURES = frozenset(
+    {"engine", "vllm_server", "vllm_ngram_server", "quantized", "foreign_server", "configured"}
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.vllm)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

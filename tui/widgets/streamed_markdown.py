@@ -29,7 +29,8 @@ from textual.errors import NoWidget
 from textual.geometry import Region, Size
 from textual.widget import MountError, Widget
 from textual.widgets import Markdown
-from textual.widgets.markdown import MarkdownStream
+
+from tui.textual_internals import MarkdownStream, layout_generation
 
 SEAL_AT = 2500
 """Characters a live part holds before it is sealed at the next safe blank line."""
@@ -171,7 +172,7 @@ class SealedParts(Column):
         """Parts whose replacement is already mounted while they await removal."""
 
     def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
-        key = (width, self._layout_updates, self._nodes._updates)
+        key = (width, *layout_generation(self))
         if self._height_cache is None or self._height_cache[0] != key:
             self._height_cache = (key, super().get_content_height(container, viewport, width))
         return self._height_cache[1]
