@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 from textual import events
-from textual.widgets import Input
+from textual.widgets import Input, Static
 
 from backend.config import Settings, cpu_profile
 from backend.engine import Engine
@@ -66,6 +66,14 @@ async def test_start_toggle_stop_by_keys_at_80x24(
         first = sup.load_record()
         assert first is not None and first.spec == "off"
         await bar_shows(app, Phase.READY)
+        # qtui fit's prediction beside what vLLM allocated, read from the real log.
+        readout = app.screen.query_one("#startup-readout", Static)
+        for _ in range(200):
+            if "vLLM allocated" in str(readout.render()):
+                break
+            await asyncio.sleep(0.1)
+        shown = str(readout.render())
+        assert "fit: predicted 524,288 KV tokens, vLLM allocated 524,288 ✓" in shown, shown
 
         await pilot.press("m")
         await finish_control(app)

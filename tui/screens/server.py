@@ -8,7 +8,7 @@ import subprocess
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
@@ -104,6 +104,8 @@ class ServerScreen(Screen[None]):
         super().__init__()
         self._readout = StartupReadout()
         self._reason_shown = ""
+        self._fit_note = ""
+        """`qtui fit`'s prediction against the KV cache vLLM reported (empty until known)."""
         self._telemetry: tuple[TelemetrySnapshot | None, GpuSample | None] | None = None
         self._speed_key: tuple[str, str, str] | None = None
         """Which server's speed comparison is shown (re-read when another runs)."""
@@ -279,9 +281,37 @@ class ServerScreen(Screen[None]):
         if not merged and not reset:
             return
         self._readout = replace(self._readout, **merged)
+        if reset:
+            self._fit_note = ""
+        self._show_readout()
+        if self._readout.kv_cache_tokens is not None and not self._fit_note:
+            self._check_prediction(self._readout)
+
+    def _show_readout(self) -> None:
         widget = self.query_one("#startup-readout", Static)
-        widget.update(format_readout(self._readout))
+        text = format_readout(self._readout)
+        widget.update(f"{text}\n{self._fit_note}" if text and self._fit_note else text)
         widget.set_class(not self._readout.empty, "shown")
+
+    @work(thread=True, exclusive=True, group="fit-check", exit_on_error=False,
+          description="qtui fit's prediction against what vLLM allocated")  # fmt: skip
+    def _check_prediction(self, readout: StartupReadout) -> None:
+        """The KV cache vLLM reports, next to what `qtui fit` predicted for the profile
+        (the checkpoint is read in this thread, once per server)."""
+        from backend.fit import compare_with_readout, prediction_for_record
+
+        app = self._qtui_app()
+        if app.endpoint is not None or not app.booted:
+            return
+        record = app.supervisor.load_record()
+        prediction = prediction_for_record(record) if record is not None else None
+        note = compare_with_readout(prediction, readout) if prediction is not None else None
+        if note:
+            self.app.call_from_thread(self._set_fit_note, f"fit: {note}")
+
+    def _set_fit_note(self, note: str) -> None:
+        self._fit_note = note
+        self._show_readout()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # A priority key must still type into an input (the chat's, the log search).

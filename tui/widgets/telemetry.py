@@ -273,7 +273,9 @@ class TelemetryPanel(Vertical):
         tps = snapshot.generation_tps
         self._show("#telemetry-tps", "-" if tps is None else f"{tps:.1f}")
         prompt = "-" if snapshot.prompt_tps is None else f"{snapshot.prompt_tps:.0f}"
-        window = "-" if snapshot.window_s is None else f"{snapshot.window_s:.0f}s"
+        # To 5 s: the window's true span jitters around 10 s from poll to poll, and a
+        # label that changes relayouts the whole screen once a second.
+        window = "-" if snapshot.window_s is None else f"{5 * round(snapshot.window_s / 5)}s"
         self._show("#telemetry-tps-label", f"tok/s\nprompt {prompt}\nwindow {window}")
         self.query_one("#telemetry-tps-spark", Sparkline).data = list(
             snapshot.generation_tps_history
