@@ -827,8 +827,11 @@ def refusal(report: FitReport) -> str | None:
     )
 
 
-def gpu_memory() -> tuple[int, int] | None:
-    """(free, total) bytes of the GPU with the least free memory, from NVML; None without one."""
+def gpu_memory(indices: list[int] | None = None) -> tuple[int, int] | None:
+    """(free, total) bytes of the GPU with the least free memory, from NVML; None without one.
+
+    `indices`: only those GPUs (a profile's `gpus`); None: every GPU NVML sees.
+    """
     from backend.gpu import Nvml, NvmlCallError, NvmlUnavailable
 
     nvml = Nvml()
@@ -839,6 +842,8 @@ def gpu_memory() -> tuple[int, int] | None:
     try:
         readings = []
         for index in range(nvml.device_count()):
+            if indices is not None and index not in indices:
+                continue
             used, total = nvml.memory(nvml.handle(index))
             readings.append((total - used, total))
     except NvmlCallError:

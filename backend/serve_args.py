@@ -125,7 +125,7 @@ def check_fits(profile: ServeProfile, engine: Engine) -> None:
     platform = engine_platform(engine)
     total = None
     if platform == "cuda" and profile.kv_cache_memory_bytes is None:
-        memory = gpu_memory()
+        memory = gpu_memory(profile.gpu_indices())
         total = memory[1] if memory else None
     try:
         report = predict_fit(profile, platform=platform, gpu_total_bytes=total)

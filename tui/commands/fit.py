@@ -86,7 +86,7 @@ def _profile(args: argparse.Namespace) -> ServeProfile:
 
 
 def _where(
-    args: argparse.Namespace,
+    args: argparse.Namespace, gpus: list[int] | None = None
 ) -> tuple[Platform, tuple[str, ...] | None, int | None, int | None]:
     """(platform, accepted KV dtypes, GPU free, GPU total) for this machine or the one asked."""
     engine = engine_or_none(settings())
@@ -96,7 +96,7 @@ def _where(
         return "cuda", dtypes, None, int(args.gpu_memory_gib * GIB)
     if engine is not None and engine_platform(engine) == "cpu":
         return "cpu", dtypes, None, None
-    memory = gpu_memory()
+    memory = gpu_memory(gpus)
     if memory is not None:
         return "cuda", dtypes, memory[0], memory[1]
     return ("cuda" if facts is not None else "cpu"), dtypes, None, None
@@ -104,7 +104,7 @@ def _where(
 
 def cmd_fit(args: argparse.Namespace) -> int:
     profile = _profile(args)
-    platform, dtypes, free, total = _where(args)
+    platform, dtypes, free, total = _where(args, profile.gpu_indices())
     try:
         report = predict_fit(
             profile,
