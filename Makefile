@@ -44,7 +44,7 @@ test: panel engine quant-env lint
 
 # The tier without the engine: seconds-to-minutes feedback while editing the panel.
 test-fast: panel lint
-	$(VENV)/bin/pytest -q -ra -m "not vllm and not slow"
+	$(VENV)/bin/pytest -q -ra -m "not vllm and not slow and not quant"
 
 clean:
 	rm -rf $(VENV) $(ENGINE) $(QUANT) .models

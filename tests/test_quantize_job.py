@@ -42,6 +42,7 @@ def test_progress_parser_reads_autoround_lines() -> None:
     assert progress.block == "model.layers.1" and progress.eta_s == 13
 
 
+@pytest.mark.quant
 def test_job_runs_to_completion_with_progress(
     model_and_calib: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -70,6 +71,7 @@ def test_job_runs_to_completion_with_progress(
     assert qtui(["quantize", "--status"]) == 0
 
 
+@pytest.mark.quant
 def test_cancel_leaves_no_process(model_and_calib: tuple[Path, Path], tmp_path: Path) -> None:
     model, calib = model_and_calib
     # Enough iterations to tune for minutes: the cancel must land mid-job even when

@@ -93,6 +93,7 @@ def text_of(screen: QuantizeScreen, widget_id: str) -> str:
     return str(screen.query_one(f"#{widget_id}", Static).render())
 
 
+@pytest.mark.quant
 async def test_quantize_from_form_to_serve_profile(
     qwen35: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -169,6 +170,7 @@ async def test_quantize_from_form_to_serve_profile(
         assert screen.query_one("#iters", Input).value == "2"
 
 
+@pytest.mark.quant
 async def test_cancel_from_the_screen_leaves_no_process(
     qwen35: tuple[Path, Path], tmp_path: Path
 ) -> None:
