@@ -43,6 +43,11 @@ def bar(fraction: float, colour: str, cells: int = BAR_CELLS) -> str:
     return f"[{colour}]{'█' * filled}[/][$text-muted]{'░' * (cells - filled)}[/]"
 
 
+def window_label(seconds: float) -> str:
+    """Whole seconds while the window fills, then to 5 s (steady, it jitters around 10)."""
+    return f"{seconds:.0f}s" if seconds < 5 else f"{5 * round(seconds / 5)}s"
+
+
 def _percent(value: float | None, digits: int = 0) -> str:
     return "-" if value is None else f"{value * 100:.{digits}f}%"
 
@@ -275,7 +280,7 @@ class TelemetryPanel(Vertical):
         prompt = "-" if snapshot.prompt_tps is None else f"{snapshot.prompt_tps:.0f}"
         # To 5 s: the window's true span jitters around 10 s from poll to poll, and a
         # label that changes relayouts the whole screen once a second.
-        window = "-" if snapshot.window_s is None else f"{5 * round(snapshot.window_s / 5)}s"
+        window = "-" if snapshot.window_s is None else window_label(snapshot.window_s)
         self._show("#telemetry-tps-label", f"tok/s\nprompt {prompt}\nwindow {window}")
         self.query_one("#telemetry-tps-spark", Sparkline).data = list(
             snapshot.generation_tps_history
