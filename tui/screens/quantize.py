@@ -42,6 +42,7 @@ from backend.quantize import (
     clean,
 )
 from tui.screens.confirm import ConfirmScreen
+from tui.widgets.profile_fields import profile_name_problem
 
 if TYPE_CHECKING:
     from tui.app import QtuiApp
@@ -52,7 +53,6 @@ WIDE_LAYOUT_MIN_COLUMNS = 120
 LOG_LINES_KEPT = 2000
 LOG_FIRST_READ_BYTES = 64 * 1024
 GIB = 1 << 30
-PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 DEVICES = ("cuda", "cpu")
 
 
@@ -103,16 +103,6 @@ def dataset_problem(text: str) -> str | None:
         return f"dataset: {path} is not a file"
     if path.is_dir():
         return f"dataset: {path} is a directory; give a .jsonl/.json file or a hub name"
-    return None
-
-
-def profile_name_problem(name: str, taken: set[str]) -> str | None:
-    if not name:
-        return "profile name: type one"
-    if not PROFILE_NAME.fullmatch(name):
-        return "profile name: letters, digits, '.', '_' and '-'; start with a letter or digit"
-    if name in taken:
-        return f"profile name: {name} exists already"
     return None
 
 
@@ -731,6 +721,7 @@ class QuantizeScreen(Screen[None]):
         name = self.query_one("#profile-name", Input).value.strip()
         error = self.query_one("#job-error", Static)
         problem = profile_name_problem(name, set(settings.all_profiles()))
+        problem = problem and f"profile name: {problem}"
         if problem is None:
             settings.profiles[name] = ServeProfile.model_validate(report.profile)
             try:
