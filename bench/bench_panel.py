@@ -22,7 +22,9 @@ a key <= 50 ms while /health hangs. The run ends with the server stopped.
 from __future__ import annotations
 
 import argparse
+import atexit
 import codecs
+import contextlib
 import fcntl
 import os
 import re
@@ -107,6 +109,9 @@ class PtyApp:
             argv, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True
         )
         os.close(slave)
+        # A panel whose terminal is gone spins (no SIGHUP reaches a new session): whatever
+        # ends this run, no app it started outlives it.
+        atexit.register(self._kill)
         self.master = master
         self.screen = TerminalScreen(cols, rows)
         self.tail = b""
@@ -147,9 +152,14 @@ class PtyApp:
             os.write(self.master, b"q")
             self.proc.wait(timeout=10)
         except (OSError, subprocess.TimeoutExpired):
-            self.proc.kill()
-            self.proc.wait()
+            self._kill()
         os.close(self.master)
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 @dataclass
