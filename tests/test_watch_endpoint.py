@@ -169,3 +169,22 @@ def test_version_names_qtui_and_the_engine() -> None:
     )
     lines = result.stdout.splitlines()
     assert lines[0].startswith("qtui ") and lines[1].startswith("vLLM 0.")
+
+
+async def test_bench_screen_benches_a_foreign_server_as_it_runs(
+    foreign_server: tuple[str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    from backend.bench import MODEL_CARD_PROMPTS, BenchPrompt
+    from tui.screens.bench import BenchScreen
+
+    url, _ = foreign_server
+    short = tuple(BenchPrompt(p.name, p.prompt, 24) for p in MODEL_CARD_PROMPTS)
+    app = panel(url, tmp_path / "state")
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = BenchScreen(app.supervisor, prompts=short, url=url)
+        await app.push_screen(screen)
+        await pilot.press("a")
+        await until(pilot, lambda: screen.shown is not None and not screen.running, timeout=240)
+        assert screen.shown is not None
+        assert screen.shown.url == url
+        assert len(screen.shown.halves) == 1 and screen.shown.halves[0].overall_tokens_per_s

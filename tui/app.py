@@ -564,8 +564,13 @@ class QtuiApp(App[int]):
         if self._not_booted():
             return
         if not any(isinstance(screen, BenchScreen) for screen in self.screen_stack):
+            endpoint = self.endpoint
             self.push_screen(
-                BenchScreen(self.supervisor, ready_timeout_s=self.settings.ready_timeout_s)
+                BenchScreen(
+                    self.supervisor,
+                    ready_timeout_s=self.settings.ready_timeout_s,
+                    url=endpoint.url if endpoint else None,
+                )
             )
 
     def action_verify(self) -> None:

@@ -88,9 +88,12 @@ class BenchScreen(Screen[None]):
         *,
         prompts: tuple[BenchPrompt, ...] = MODEL_CARD_PROMPTS,
         ready_timeout_s: float = 900.0,
+        url: str | None = None,
     ) -> None:
         super().__init__()
         self.supervisor = supervisor
+        self.url = url
+        """A server qtui did not start: benched as it runs (no restarts, so no A/B)."""
         self.prompts = prompts
         self.ready_timeout_s = ready_timeout_s
         self.runs: list[dict[str, Any]] = []
@@ -99,11 +102,17 @@ class BenchScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(
+            intro = (
                 "[b]Bench[/]: decode tok/s, spec decoding off vs on, on the model card's four "
-                "prompts (fixed lengths, greedy). [b]a[/] runs it: the server restarts twice.",
-                id="bench-progress",
+                "prompts (fixed lengths, greedy). [b]a[/] runs it: the server restarts twice."
             )
+            if self.url:
+                intro = (
+                    f"[b]Bench[/] {escape(self.url)} (not started by qtui): decode tok/s on the "
+                    "model card's four prompts as it runs now. [b]a[/] runs it (no restarts, "
+                    "so no spec on/off A/B)."
+                )
+            yield Static(intro, id="bench-progress")
             yield DataTable(id="bench-runs", cursor_type="row", zebra_stripes=True)
             with VerticalScroll():
                 yield Static(id="bench-chart")
@@ -181,7 +190,8 @@ class BenchScreen(Screen[None]):
             run = run_bench(
                 self.supervisor,
                 self.prompts,
-                ab=True,
+                ab=self.url is None,
+                url=self.url,
                 ready_timeout_s=self.ready_timeout_s,
                 on_progress=say,
             )
