@@ -33,8 +33,7 @@ from backend.gpu import gpu_memory_held_by
 from backend.serve_args import LaunchPlan, masked_command, plan_launch
 from backend.server_state import Phase, ServerRecord, ServerStatus, StopReport, took
 from backend.vllm_log import (
-    diagnose,
-    last_error_line,
+    explain,
     loading_stage,
     shows_loading,
     tail_lines,
@@ -176,11 +175,9 @@ class ServerSupervisor:
         record.unresponsive_since = since
 
     def failure_reason(self, record: ServerRecord) -> str:
-        lines = tail_lines(Path(record.log_path), 600)
-        found = diagnose(lines)
-        if found:
-            return found.advice
-        last = last_error_line(lines)
+        advice, last = explain(tail_lines(Path(record.log_path), 600))
+        if advice:
+            return advice
         code = f" (exit code {record.exit_code})" if record.exit_code is not None else ""
         return f"vLLM exited{code}: {last}" if last else f"vLLM exited{code}; see {record.log_path}"
 

@@ -49,7 +49,7 @@ from backend.metrics import (
     parse_metrics,
 )
 from backend.telemetry_checks import _canonical_kv_dtype
-from backend.vllm_log import diagnose, last_error_line, tail_lines
+from backend.vllm_log import explain, tail_lines
 
 # Short on purpose: a ready server answers these in milliseconds; one that takes
 # seconds is hung, and the user is waiting on the verdict.
@@ -468,11 +468,9 @@ def _log_says(probe: Probe) -> str:
     path = probe.target.log_path
     if path is None:
         return ""
-    lines = tail_lines(path, 400)
-    found = diagnose(lines)
-    if found:
-        return f"; its log says: {found.advice}"
-    last = last_error_line(lines)
+    advice, last = explain(tail_lines(path, 400))
+    if advice:
+        return f"; its log says: {advice}"
     return f"; its log's last error: {last[:200]}" if last else ""
 
 

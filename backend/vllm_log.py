@@ -232,6 +232,16 @@ LOADING_MARKERS = (
 )
 
 
+def explain(lines: Iterable[str]) -> tuple[str | None, str | None]:
+    """(the log doctor's advice, else None; vLLM's last error line, else None): what a
+    failure's reason is made of, for the supervisor and for `qtui verify`."""
+    lines = list(lines)
+    found = diagnose(lines)
+    if found:
+        return found.advice, None
+    return None, last_error_line(lines)
+
+
 def shows_loading(lines: Iterable[str]) -> bool:
     return any(marker in line for line in lines for marker in LOADING_MARKERS)
 
