@@ -106,12 +106,20 @@ async def test_send_by_keys_stream_then_stop_with_escape(vllm_server: RunningSer
         await type_keys(pilot, *"Tell me a long story", "enter")
         await until(pilot, lambda: len(reply_text(app)) > 0 or bool(app.finished))
         assert not app.finished, f"the reply ended before Esc: {app.finished[0].message}"
-        # Typing stays live while the reply streams.
-        await type_keys(pilot, *"next")
-        assert app.query_one(Input).value == "next"
-        assert not app.finished, "the reply ended before Esc"
-        await type_keys(pilot, "escape")
-        await until(pilot, lambda: bool(app.finished))
+        # Freeze the server mid-reply: on a fast machine the tiny model finishes 480
+        # tokens before a busy app reads the Esc key, so a live stream must be held open.
+        record = vllm_server.supervisor.status().record
+        assert record is not None
+        os.killpg(record.pgid, signal.SIGSTOP)
+        try:
+            # Typing stays live while the reply streams.
+            await type_keys(pilot, *"next")
+            assert app.query_one(Input).value == "next"
+            assert not app.finished, "the reply ended before Esc"
+            await type_keys(pilot, "escape")
+            await until(pilot, lambda: bool(app.finished))
+        finally:
+            os.killpg(record.pgid, signal.SIGCONT)
         assert app.host_screen.escapes == 0, "Esc stopped the reply: the screen never saw it"
         assert not pane.streaming
         stopped = app.finished[-1].message
