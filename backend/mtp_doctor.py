@@ -34,11 +34,9 @@ import numpy as np
 from backend.safetensors_header import SafetensorsError, SafetensorsHeader, read_header, read_tensor
 
 INDEX_NAME = "model.safetensors.index.json"
-SINGLE_SHARD = "model.safetensors"
 QUANT_CONFIG_FILE = "quantization_config.json"
 JOURNAL_NAME = ".qtui-mtp-patch.journal"
 FC = "mtp.fc"
-PACKED_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx")
 _REGEX_CHARS = set(r"*+?^$()[]{}|\\")
 UNQUANTIZED_ENTRY = {"bits": 16, "data_type": "fp"}
 QUANTIZED_FC_SINCE = (0, 25)
@@ -97,20 +95,6 @@ class Checkpoint:
         if self.index is not None:
             return dict(self.index.get("weight_map", {}))
         return {name: shard for shard, header in self.headers.items() for name in header.tensors}
-
-    @property
-    def loaded_shards(self) -> list[str]:
-        """The shards vLLM loads: those the index names (all of them without an index)."""
-        if self.index is not None:
-            return sorted(set(self.weight_map.values()))
-        return sorted(self.headers)
-
-    def shard_of(self, tensor: str) -> str | None:
-        for shard in self.loaded_shards:
-            header = self.headers.get(shard)
-            if header is not None and tensor in header.tensors:
-                return shard
-        return None
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
