@@ -251,7 +251,6 @@ class GpuSampler:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self.latest: GpuSample | None = None
         psutil.cpu_percent(interval=None)  # primes the counter: the next call has a baseline
 
     def watch(self, pgid: int | None) -> None:
@@ -291,7 +290,6 @@ class GpuSampler:
             else:
                 sample.no_gpu_reason = self._unavailable or "NVML unavailable"
             self._read_host(sample, members)
-            self.latest = sample
             return sample
 
     def _read_gpus(self, sample: GpuSample, pids: set[int]) -> None:
