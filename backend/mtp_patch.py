@@ -31,31 +31,31 @@ from typing import Any
 import numpy as np
 
 from backend.atomic import fsync_dir, write_bytes_durably
-from backend.mtp_doctor import (
-    FC,
+from backend.checkpoint import (
     INDEX_NAME,
     JOURNAL_NAME,
     QUANT_CONFIG_FILE,
-    UNQUANTIZED_ENTRY,
     Checkpoint,
     NotACheckpoint,
-    Report,
-    Verdict,
     adopt_unindexed_mtp,
-    block_names,
-    diagnose,
-    fc_layer_config,
-    inconsistent_fused_groups,
     load_checkpoint,
-    unpack_int4_cols,
-    unpack_int4_rows,
-    vllm_layer_bits,
 )
+from backend.mtp_doctor import Report, Verdict, diagnose
 from backend.safetensors_header import (
     TensorSpec,
     float32_to_bf16_bits,
     read_tensor,
     write_safetensors,
+)
+from backend.vllm_quant_rules import (
+    FC,
+    UNQUANTIZED_ENTRY,
+    block_names,
+    fc_layer_config,
+    inconsistent_fused_groups,
+    unpack_int4_cols,
+    unpack_int4_rows,
+    vllm_layer_bits,
 )
 
 TEMP_SUFFIX = ".qtui-new"

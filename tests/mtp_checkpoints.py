@@ -16,13 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.mtp_doctor import FC, INDEX_NAME
+from backend.checkpoint import INDEX_NAME
 from backend.safetensors_header import (
     TensorSpec,
     read_header,
     read_tensor,
     write_safetensors_atomic,
 )
+from backend.vllm_quant_rules import FC
 
 GROUP_SIZE = 128
 STORED_ZERO = 7

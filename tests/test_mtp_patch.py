@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from backend.mtp_doctor import FC, JOURNAL_NAME, Verdict, diagnose_checkpoint
+from backend.checkpoint import JOURNAL_NAME
+from backend.mtp_doctor import Verdict, diagnose_checkpoint
 from backend.mtp_patch import patch_checkpoint, recover_interrupted_patch
 from backend.safetensors_header import (
     SafetensorsError,
@@ -32,6 +33,7 @@ from backend.safetensors_header import (
     read_tensor,
     write_safetensors_atomic,
 )
+from backend.vllm_quant_rules import FC
 from tui.cli import main as qtui
 
 REPO = Path(__file__).resolve().parent.parent
