@@ -21,6 +21,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.reactive import var
 from textual.screen import Screen
+from textual.widgets import Input
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from backend import paths
@@ -39,6 +40,49 @@ if TYPE_CHECKING:
     from backend.supervisor import ServerSupervisor
 
 CONTROL_GROUP = "server-control"
+STEADY_AFTER = 3
+"""Polls with nothing moving before the watcher slows down."""
+STEADY_PACE = 3.0
+"""How many times slower than `poll_interval_s` a steady server is polled."""
+LOG_BUSY_PACE_S = 0.3
+LOG_QUIET_PACE_S = 1.0
+LOG_QUIET_AFTER_S = 5.0
+
+
+class PollPace:
+    """The watcher's pace: quick while anything moves, slower once it has sat still.
+
+    "Moving" is a new phase or server, or requests running or waiting on it. A
+    user's action (`QtuiApp.poll_soon`) wakes the watcher at once either way.
+    """
+
+    def __init__(self) -> None:
+        self._last: object = None
+        self._still = 0
+
+    def observe(self, state: object, busy: bool) -> None:
+        self._still = 0 if busy or state != self._last else self._still + 1
+        self._last = state
+
+    @property
+    def steady(self) -> bool:
+        return self._still >= STEADY_AFTER
+
+    def interval(self, quick_s: float) -> float:
+        return quick_s * STEADY_PACE if self.steady else quick_s
+
+
+def _busy(snapshot: TelemetrySnapshot | None) -> bool:
+    """Requests in flight on the server (so its figures move every second)."""
+    return snapshot is not None and bool(snapshot.running or snapshot.waiting)
+
+
+def _size(path: Path) -> int:
+    """The file's size, -1 when it cannot be read (a stat is all an idle tail costs)."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 class QtuiApp(App[int]):
@@ -96,6 +140,8 @@ class QtuiApp(App[int]):
         self._requested_profile = profile_name
         self.poll_interval_s = poll_interval_s
         self._stop_polling = threading.Event()
+        self._poll_wake = threading.Event()
+        self._log_wake = threading.Event()
         # Themes first: the stylesheet refers to their variables.
         for theme in QTUI_THEMES:
             self.register_theme(theme)
@@ -231,6 +277,7 @@ class QtuiApp(App[int]):
 
     def on_unmount(self) -> None:
         self._stop_polling.set()
+        self.poll_soon()  # wakes both watchers, which then see the stop
 
     def watch_theme(self, theme: str) -> None:
         if not self.booted or theme not in THEME_NAMES or theme == self.settings.theme:
@@ -251,14 +298,20 @@ class QtuiApp(App[int]):
         return None
 
     # -- long-lived watchers -----------------------------------------------
-    def _pause(self, worker: Worker[None], seconds: float) -> None:
-        """Sleep in short slices so a cancelled watcher ends at once (quit, tests)."""
-        deadline = time.monotonic() + seconds
-        while not worker.is_cancelled and not self._stop_polling.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            self._stop_polling.wait(min(left, 0.1))
+    def poll_soon(self) -> None:
+        """Something was asked of the server (a start, a stop, a message sent): poll now,
+        and at the quick pace until things are steady again."""
+        self._poll_wake.set()
+        self._log_wake.set()
+
+    def _sleep(self, wake: threading.Event, seconds: float) -> None:
+        """One wait, woken early by `poll_soon` or by quitting (never a busy loop of slices:
+        each wake-up of an idle panel costs CPU)."""
+        wake.wait(seconds)
+        wake.clear()
+
+    def _watching(self, worker: Worker[None]) -> bool:
+        return not worker.is_cancelled and not self._stop_polling.is_set()
 
     @work(thread=True, group="watch-server", exit_on_error=False,
           description="watch the server: /health, /metrics, GPU")  # fmt: skip
@@ -266,7 +319,10 @@ class QtuiApp(App[int]):
         """The one poll: status, then (while it answers) a /metrics scrape and a GPU sample.
 
         A server that stopped answering is not scraped: its /health timeout is
-        wait enough, and the panel shows "not responding" instead.
+        wait enough, and the panel shows "not responding" instead. The pace is
+        `poll_interval_s` while anything moves and `STEADY_PACE`x slower once the
+        server has sat still (same phase, no request running or waiting) for
+        `STEADY_AFTER` polls: an idle panel then costs a third of the CPU.
         """
         from backend.endpoint import EndpointWatcher
         from backend.gpu import GpuSampler
@@ -278,7 +334,8 @@ class QtuiApp(App[int]):
         scraper: MetricsScraper | None = None
         following: tuple[int, str] | None = None
         watcher: EndpointWatcher | None = None
-        while not worker.is_cancelled and not self._stop_polling.is_set():
+        pace = PollPace()
+        while self._watching(worker):
             endpoint = self.endpoint
             if endpoint is None:
                 status = self.supervisor.status()
@@ -305,7 +362,14 @@ class QtuiApp(App[int]):
             answering = status.phase is Phase.READY
             snapshot = scraper.scrape() if scraper is not None and answering else None
             self.post_message(TelemetrySampled(snapshot, sampler.sample()))
-            self._pause(worker, self.poll_interval_s)
+            pace.observe((status.phase, key), busy=_busy(snapshot))
+            self._sleep(self._poll_wake, pace.interval(self.poll_interval_s))
+
+    @on(Input.Submitted)
+    def _something_sent(self) -> None:
+        # A chat message (or any entry) may set the server to work: its tok/s and
+        # acceptance should show from the first second, not after a steady pause.
+        self.poll_soon()
 
     @on(ServerStatusPolled)
     def _keep_status(self, message: ServerStatusPolled) -> None:
@@ -326,7 +390,8 @@ class QtuiApp(App[int]):
         current: Path | None = None
         offset = 0
         pending = b""
-        while not worker.is_cancelled and not self._stop_polling.is_set():
+        quiet_since = time.monotonic()
+        while self._watching(worker):
             # A watched endpoint's log is on another machine or another user's disk.
             record = self.supervisor.load_record() if self.endpoint is None else None
             path = Path(record.log_path) if record else None
@@ -339,7 +404,7 @@ class QtuiApp(App[int]):
                 lines = lines[-3000:]
                 offset, pending = path.stat().st_size, b""
                 readout = startup_readout(path)
-            elif current is not None:
+            elif current is not None and _size(current) != offset:
                 with contextlib.suppress(OSError), open(current, "rb") as handle:
                     handle.seek(offset)
                     chunk = handle.read(1 << 20)
@@ -350,7 +415,11 @@ class QtuiApp(App[int]):
                     lines = [line for line in decoded if not is_own_polling(line)]
             if lines or reset:
                 self.post_message(ServerLogLines(lines, reset=reset, readout=readout))
-            self._pause(worker, 0.3)
+                quiet_since = time.monotonic()
+            # A log that is being written (a start, a load, a crash) is followed 3x a
+            # second; one quiet for a while is looked at once a second.
+            quiet = time.monotonic() - quiet_since > LOG_QUIET_AFTER_S
+            self._sleep(self._log_wake, LOG_QUIET_PACE_S if quiet else LOG_BUSY_PACE_S)
 
     @on(ServerLogLines)
     def _forward_log(self, message: ServerLogLines) -> None:
@@ -627,6 +696,7 @@ class QtuiApp(App[int]):
         self.endpoint = known[(known.index(shown) + 1) % len(known)]
         self.server_status = None
         self.served = ""
+        self.poll_soon()
         chosen = self.endpoint
         self.notify(
             f"Watching {chosen.name} ({chosen.url})" if chosen else "Watching qtui's server"
@@ -650,6 +720,7 @@ class QtuiApp(App[int]):
 
     @work(thread=True, group=CONTROL_GROUP, exit_on_error=False, description="server control")
     def _run_control(self, action: str, chosen: tuple[str, ServeProfile] | None) -> str:
+        self.poll_soon()  # the watcher follows the start or stop at its quick pace
         timeout = self.settings.ready_timeout_s
         if action == "stop":
             report = self.supervisor.stop()
@@ -670,6 +741,8 @@ class QtuiApp(App[int]):
         worker = event.worker
         if worker.group != CONTROL_GROUP:
             return
+        if worker.is_finished:
+            self.poll_soon()
         if event.state == WorkerState.SUCCESS and isinstance(worker.result, str):
             self.notify(worker.result)
         elif event.state == WorkerState.ERROR:

@@ -38,11 +38,15 @@ PHASE_COLOUR = {
 
 
 def format_uptime(seconds: float | None) -> str:
+    """Seconds in the first minute (a start is watched closely), then minutes: a server
+    up for a while repaints its bar once a minute, not every second."""
     if seconds is None:
         return "-"
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m" if minutes else f"{secs}s"
 
 
 def spec_label(profile: ServeProfile) -> str:
@@ -70,12 +74,17 @@ class ServerStatusBar(Static):
     """Why MTP cannot be switched on, or that it needs a patch; empty when fine."""
 
     def on_mount(self) -> None:
-        # The App passes a status only when it changes; the uptime ticks here.
+        # The App passes a status only when it changes; the uptime ticks here, and
+        # repaints only when the words it shows change.
+        self._uptime_shown = ""
         self.set_interval(1.0, self._tick_uptime)
 
     def _tick_uptime(self) -> None:
         if self.status is not None and self.status.phase.is_up:
-            self.refresh()
+            shown = format_uptime(self.status.uptime_s)
+            if shown != self._uptime_shown:
+                self._uptime_shown = shown
+                self.refresh()
 
     def render(self) -> Content:
         if self.endpoint is not None:

@@ -60,6 +60,11 @@ def _gib(value: int) -> str:
     return f"{value / GIB:.1f}G"
 
 
+def _flat(values: list[float]) -> bool:
+    """Every point the same (or none): a sparkline of it is one flat line."""
+    return len(set(values)) <= 1
+
+
 def gpu_row(reading: GpuReading, colour: str) -> str:
     """`0 ██████░░░░ 71/140G 97% 55C 310W`: memory bar, util, temperature, power."""
     row = (
@@ -231,6 +236,13 @@ class TelemetryPanel(Vertical):
             assert isinstance(widget, Static | Digits)
             widget.update(text)
 
+    def _spark(self, selector: str, history: list[float]) -> None:
+        # An idle server adds a zero each poll: a line that stays flat draws the same.
+        sparkline = self.query_one(selector, Sparkline)
+        shown = list(sparkline.data or [])
+        if history != shown and not (_flat(history) and _flat(shown) and history[:1] == shown[:1]):
+            sparkline.data = list(history)
+
     def compose(self) -> ComposeResult:
         yield Static(gpu_lines(None), id="telemetry-gpu")
         with Horizontal(id="telemetry-tps-row"):
@@ -282,13 +294,9 @@ class TelemetryPanel(Vertical):
         # label that changes relayouts the whole screen once a second.
         window = "-" if snapshot.window_s is None else window_label(snapshot.window_s)
         self._show("#telemetry-tps-label", f"tok/s\nprompt {prompt}\nwindow {window}")
-        self.query_one("#telemetry-tps-spark", Sparkline).data = list(
-            snapshot.generation_tps_history
-        )
+        self._spark("#telemetry-tps-spark", snapshot.generation_tps_history)
         self._show("#telemetry-spec", spec_lines(snapshot, muted=stale))
-        self.query_one("#telemetry-accept-spark", Sparkline).data = list(
-            snapshot.acceptance_history
-        )
+        self._spark("#telemetry-accept-spark", snapshot.acceptance_history)
         self._show("#telemetry-load", load_lines(snapshot, muted=stale))
         notes = [f"stale: {snapshot.error}"] if stale and snapshot.error else []
         notes.extend(snapshot.warnings)
