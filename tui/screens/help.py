@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Iterable
 
-from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
+from textual.content import Content
 from textual.screen import ModalScreen
-from textual.widgets import DataTable, Label, Static
+from textual.widgets import Label, Static
 
 KEY_NAMES = {"question_mark": "?", "slash": "/", "escape": "esc"}
 
@@ -32,6 +33,50 @@ def binding_rows(
     return rows
 
 
+KEYS_WIDTH = 12
+"""Columns of the key column; a row's words wrap under its own column, not under it."""
+
+
+def key_list(rows: list[tuple[str, str, str, str]], width: int) -> Content:
+    """The rows as text `width` columns wide: a heading per place, then `keys  what · id`.
+
+    Wrapped text instead of a table: a narrow terminal loses no words, and the
+    list opens in a frame (a DataTable of sixty rows took tens of milliseconds).
+    """
+    indent = " " * (KEYS_WIDTH + 3)
+    lines: list[Content] = []
+    shown_where = None
+    for where, keys, what, binding_id in rows:
+        if where != shown_where:
+            shown_where = where
+            lines.append(Content.styled(where, "bold $accent"))
+        # No-break spaces keep "· id" in one piece at the end of the row.
+        tail = f"\N{NO-BREAK SPACE}·\N{NO-BREAK SPACE}{binding_id}"
+        wrapped = textwrap.wrap(what + tail, max(20, width - len(indent)))
+        for number, words in enumerate(wrapped):
+            head = f"  {keys:<{KEYS_WIDTH}} " if number == 0 else indent
+            line = Content.assemble((head, "bold") if number == 0 else head, words)
+            if number == len(wrapped) - 1:
+                line = line.stylize("$text-muted", len(line) - len(tail), len(line))
+            lines.append(line)
+    return Content("\n").join(lines)
+
+
+class KeyList(Static):
+    """The key rows, re-wrapped to the width they get."""
+
+    def __init__(self, rows: list[tuple[str, str, str, str]], width: int) -> None:
+        super().__init__(key_list(rows, width), id="help-keys")
+        self.rows = rows
+        self._wrapped_at = width
+
+    def on_resize(self) -> None:
+        width = self.content_region.width
+        if width and width != self._wrapped_at:
+            self._wrapped_at = width
+            self.update(key_list(self.rows, width))
+
+
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [
         Binding("escape,q,question_mark", "dismiss", "Close", id="close_help",
@@ -48,20 +93,10 @@ class HelpScreen(ModalScreen[None]):
                 "Keys: remap any by its id in the config's \\[keymap] table. ctrl+p: palette",
                 markup=True,
             )
-            table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True)
-            table.add_columns("where", "key", "what", "id")
-            table.add_rows(self.rows)
-            yield table
-            # A narrow terminal cuts the table's columns; the row under the cursor is
-            # also written out in full here, wrapped.
-            yield Static("", id="help-detail", markup=False)
+            with VerticalScroll(id="help-scroll"):
+                # A guess at the width (the box, less borders, padding and a scroll
+                # bar) so the first frame is already wrapped right.
+                yield KeyList(self.rows, min(110, self.app.size.width) - 6)
 
     def on_mount(self) -> None:
-        self.query_one(DataTable).focus()
-
-    @on(DataTable.RowHighlighted)
-    def _show_row(self, event: DataTable.RowHighlighted) -> None:
-        where, keys, what, binding_id = self.rows[event.cursor_row]
-        self.query_one("#help-detail", Static).update(
-            f"{keys} ({where}): {what}  [id {binding_id}]"
-        )
+        self.query_one("#help-scroll").focus()
