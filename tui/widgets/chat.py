@@ -29,9 +29,7 @@ from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.message import Message
 from textual.reactive import reactive
-from textual.screen import ModalScreen
-from textual.widgets import Collapsible, Input, OptionList, Static
-from textual.widgets.option_list import Option
+from textual.widgets import Collapsible, Input, Static
 
 from backend.chat import (
     ChatClient,
@@ -45,9 +43,10 @@ from backend.chat import (
     image_data_url,
 )
 from backend.speed_ledger import SpeedComparison, record_reply
-from backend.transcripts import Conversation, list_conversations
+from backend.transcripts import Conversation
 from backend.transcripts import Message as TranscriptMessage
 from tui import gc_pause
+from tui.screens.conversation_picker import ConversationPicker
 from tui.widgets.streamed_markdown import StreamedMarkdown, fold_offscreen
 
 HELP = (
@@ -229,29 +228,6 @@ def stats_line(message: TranscriptMessage) -> str:
         reason = message.error or message.status
         return f"⚠ {message.status}: {reason}" + (f" · {summary}" if summary else "")
     return summary or "done"
-
-
-class ConversationPicker(ModalScreen[str | None]):
-    """A list of past conversations, newest first; Enter reopens one."""
-
-    BINDINGS = [Binding("escape", "dismiss(None)", "Close", id="chat.history.close")]
-    DEFAULT_CSS = """
-    ConversationPicker { align: center middle; }
-    ConversationPicker > OptionList { width: 90%; height: 80%; border: round $accent; }
-    """
-
-    def compose(self) -> ComposeResult:
-        options = [
-            Option(f"{summary.title}  ({summary.messages} turns)", id=summary.id)
-            for summary in list_conversations()
-        ]
-        picker = OptionList(*options) if options else OptionList(Option("(none yet)", id=""))
-        picker.border_title = "Past conversations"
-        yield picker
-
-    @on(OptionList.OptionSelected)
-    def _picked(self, event: OptionList.OptionSelected) -> None:
-        self.dismiss(event.option.id or None)
 
 
 class ChatPane(Vertical):
