@@ -9,7 +9,9 @@ typing never waits on the network. Every reply is written to the transcript
 while it streams; the transcript, not the widgets, is what gets copied.
 
 Settings live in a one-line row above the input and change with slash
-commands (`/help` lists them), so the pane works at 80x24 without a form.
+commands (`/help` lists them), so the pane works at 80x24 without a form; the
+commands are parsed apart from the pane (tui/chat_commands.py), which applies
+what they ask for.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,40 +39,29 @@ from backend.chat import (
     ContentDelta,
     ReasoningDelta,
     ReplyAccumulator,
-    ReplyStats,
     ToolCallDelta,
     default_server,
-    image_data_url,
 )
 from backend.speed_ledger import SpeedComparison, record_reply
 from backend.transcripts import Conversation
 from backend.transcripts import Message as TranscriptMessage
 from tui import gc_pause
+from tui.chat_commands import (
+    ChatCommand,
+    ChatSettings,
+    NewSettings,
+    PaneAction,
+    Refused,
+    SetModel,
+    SetSystem,
+    SetUrl,
+    ShowHelp,
+    parse_command,
+    settings_line,
+)
+from tui.chat_stats import stats_line
 from tui.screens.conversation_picker import ConversationPicker
 from tui.widgets.streamed_markdown import StreamedMarkdown, fold_offscreen
-
-HELP = (
-    "/new · /system TEXT · /temp T · /top_p P · /max N · /think on|off|default · "
-    "/ignore_eos on|off · /image PATH · /copy · /history · /model NAME · /url URL"
-)
-
-
-@dataclass
-class ChatSettings:
-    """What the next request is sent with; None leaves the server's default."""
-
-    temperature: float | None = None
-    top_p: float | None = None
-    max_tokens: int | None = None
-    enable_thinking: bool | None = None
-    ignore_eos: bool = False
-    images: list[Path] = field(default_factory=list)
-    """Images attached to the next message."""
-
-    def options(self) -> ChatOptions:
-        return ChatOptions(
-            self.temperature, self.top_p, self.max_tokens, self.enable_thinking, self.ignore_eos
-        )
 
 
 class ChatInput(Input):
@@ -208,28 +199,6 @@ class ReplyTurn(Vertical):
         self.query_one(".reply-stats", Static).update(line)
 
 
-def stats_line(message: TranscriptMessage) -> str:
-    stats = message.stats or {}
-    summary = ReplyStats(
-        ttft_s=stats.get("ttft_s"),
-        decode_s=stats.get("decode_s"),
-        prompt_tokens=stats.get("prompt_tokens"),
-        completion_tokens=stats.get("completion_tokens"),
-    ).summary()
-    spec = stats.get("spec") or {}
-    if spec.get("acceptance_rate") is not None:
-        summary += (
-            f" · accept {spec['acceptance_rate']:.0%}"
-            f" (mean len {spec.get('mean_acceptance_length') or 0:.2f})"
-        )
-    if message.status == "cancelled":
-        return f"■ stopped · {summary}" if summary else "■ stopped"
-    if message.status != "complete":
-        reason = message.error or message.status
-        return f"⚠ {message.status}: {reason}" + (f" · {summary}" if summary else "")
-    return summary or "done"
-
-
 class ChatPane(Vertical):
     """Chat with an OpenAI-compatible server (by default the one qtui runs)."""
 
@@ -355,22 +324,8 @@ class ChatPane(Vertical):
 
     # -- settings row -------------------------------------------------------
     def _refresh_settings(self) -> None:
-        settings = self.settings
-        parts = [self.model or "model: auto"]
-        if settings.temperature is not None:
-            parts.append(f"temp {settings.temperature:g}")
-        if settings.top_p is not None:
-            parts.append(f"top_p {settings.top_p:g}")
-        if settings.max_tokens is not None:
-            parts.append(f"max {settings.max_tokens}")
-        if settings.enable_thinking is not None:
-            parts.append("think on" if settings.enable_thinking else "think off")
-        if settings.ignore_eos:
-            parts.append("ignore eos")
-        if self.conversation.system:
-            parts.append(f"system: {self.conversation.system[:30]}")
-        parts += [f"📎 {image.name}" for image in settings.images]
-        self.query_one("#chat-settings", Static).update(" · ".join(parts))
+        line = settings_line(self.settings, self.model, self.conversation.system)
+        self.query_one("#chat-settings", Static).update(line)
 
     def watch_model(self) -> None:
         self._refresh_settings()
@@ -471,8 +426,9 @@ class ChatPane(Vertical):
         text = event.value.strip()
         if not text:
             return
-        if text.startswith("/"):
-            await self._command(text)
+        command = parse_command(text, self.settings)
+        if command is not None:
+            await self._command(command)
             return
         if self.streaming:
             # Kept for later: back in front of anything typed since.
@@ -485,7 +441,7 @@ class ChatPane(Vertical):
     async def send(self, text: str) -> None:
         """Add a user message and stream the reply to it."""
         images = [str(image) for image in self.settings.images]
-        self.settings.images.clear()
+        self.settings = replace(self.settings, images=())
         message = self.conversation.add_user(text, images)
         self._pick(None)
         log = self.query_one("#chat-log", VerticalScroll)
@@ -496,51 +452,27 @@ class ChatPane(Vertical):
         self.streaming = True
         self._stream_reply(turn, self.conversation.api_messages(), self.settings.options())
 
-    async def _command(self, text: str) -> None:
-        name, _, arg = text.partition(" ")
-        arg = arg.strip()
-        try:
-            await self._apply_command(name.lower(), arg)
-        except ValueError as error:
-            self.notify(str(error), severity="error")
+    async def _command(self, command: ChatCommand) -> None:
+        match command:
+            case NewSettings(settings):
+                self.settings = settings
+            case SetSystem(prompt):
+                self.conversation.set_system(prompt)
+            case SetModel(name):
+                self.model = name
+            case SetUrl(url):
+                self.base_url = url
+            case PaneAction("new_conversation"):
+                await self.action_new_conversation()
+            case PaneAction("copy"):
+                self.action_copy()
+            case PaneAction("history"):
+                self.action_history()
+            case ShowHelp(text):
+                self.notify(text, title="Chat commands", timeout=10)
+            case Refused(error):
+                self.notify(error, severity="error")
         self._refresh_settings()
-
-    async def _apply_command(self, name: str, arg: str) -> None:
-        settings = self.settings
-        if name == "/new":
-            await self.action_new_conversation()
-        elif name == "/system":
-            self.conversation.set_system(arg or None)
-        elif name == "/temp":
-            settings.temperature = _number(arg, float, "temperature", 0.0, 2.0)
-        elif name == "/top_p":
-            settings.top_p = _number(arg, float, "top_p", 0.0, 1.0)
-        elif name == "/max":
-            settings.max_tokens = _number(arg, int, "max tokens", 1, 10_000_000)
-        elif name == "/think":
-            if arg not in ("on", "off", "default"):
-                raise ValueError("/think on, off or default")
-            settings.enable_thinking = None if arg == "default" else arg == "on"
-        elif name == "/ignore_eos":
-            if arg not in ("on", "off"):
-                raise ValueError("/ignore_eos on or off")
-            settings.ignore_eos = arg == "on"
-        elif name == "/image":
-            path = Path(arg).expanduser()
-            if not path.is_file():
-                raise ValueError(f"no file {path}")
-            image_data_url(path)  # raises ValueError for something that is not an image
-            settings.images.append(path)
-        elif name == "/copy":
-            self.action_copy()
-        elif name == "/history":
-            self.action_history()
-        elif name == "/model":
-            self.model = arg or None
-        elif name == "/url":
-            self.base_url = arg or None
-        else:
-            self.notify(HELP, title="Chat commands", timeout=10)
 
     # -- streaming ------------------------------------------------------------
     def _target(self) -> tuple[str, str | None] | None:
@@ -639,16 +571,3 @@ class ChatPane(Vertical):
             finally:  # the pane must never stay "streaming" (Esc would do nothing)
                 self.streaming = False
                 self.post_message(self.ReplyFinished(self, message, speed))
-
-
-def _number(text: str, kind: type[float] | type[int], what: str, low: float, high: float) -> Any:
-    """A setting from a slash command; an empty argument resets it to the server default."""
-    if not text:
-        return None
-    try:
-        value = kind(text)
-    except ValueError:
-        raise ValueError(f"{what}: {text!r} is not a number") from None
-    if not low <= value <= high:
-        raise ValueError(f"{what} must be between {low:g} and {high:g}")
-    return value
