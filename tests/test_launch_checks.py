@@ -241,7 +241,7 @@ def test_gpu_count_and_indices_are_checked_against_the_gpus_present() -> None:
 
 def test_the_form_reads_the_gpu_list(tiny_model: Path) -> None:
     from backend.engine import KNOWN_KV_DTYPES
-    from tui.widgets.profile_fields import FIELDS, control_values, read_profile
+    from tui.profile_fields import FIELDS, control_values, read_profile
 
     assert FIELDS["gpus"].kind == "text"
     base = cpu_profile(str(tiny_model))

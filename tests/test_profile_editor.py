@@ -21,9 +21,7 @@ from backend.engine import KNOWN_KV_DTYPES, Engine, engine_facts
 from backend.supervisor import Phase, ServerSupervisor, group_members
 from tests.conftest import engine_spec, free_port
 from tui.app import CONTROL_GROUP, QtuiApp, make_app
-from tui.screens.profile_editor import ProfileEditorScreen
-from tui.screens.server import ServerScreen
-from tui.widgets.profile_fields import (
+from tui.profile_fields import (
     FIELDS,
     FieldProblem,
     control_values,
@@ -31,6 +29,8 @@ from tui.widgets.profile_fields import (
     profile_changes,
     read_profile,
 )
+from tui.screens.profile_editor import ProfileEditorScreen
+from tui.screens.server import ServerScreen
 from tui.widgets.profile_form import ProfileForm
 
 NARROW = (80, 24)

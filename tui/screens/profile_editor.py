@@ -29,10 +29,10 @@ from textual.worker import get_current_worker
 from backend.config import BUILTIN_PROFILES, ServeProfile, save_user_config
 from backend.engine import KNOWN_KV_DTYPES, Engine, engine_facts
 from backend.supervisor import ServerStatus
+from tui.profile_fields import FIELDS, preview_command, profile_changes
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.profile_prompts import ProfileNamePrompt
 from tui.widgets.fit_box import FitBox
-from tui.widgets.profile_fields import FIELDS, preview_command, profile_changes
 from tui.widgets.profile_form import ProfileForm
 
 if TYPE_CHECKING:

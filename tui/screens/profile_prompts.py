@@ -10,7 +10,7 @@ from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Input, Label, Static
 
-from tui.widgets.profile_fields import profile_name_problem
+from tui.profile_fields import profile_name_problem
 
 PROMPT_CSS = """
 ProfileNamePrompt {

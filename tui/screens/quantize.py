@@ -41,8 +41,8 @@ from backend.quantize import (
     QuantizeProgress,
     clean,
 )
+from tui.profile_fields import profile_name_problem
 from tui.screens.confirm import ConfirmScreen
-from tui.widgets.profile_fields import profile_name_problem
 
 if TYPE_CHECKING:
     from tui.app import QtuiApp

@@ -1,7 +1,7 @@
 """ProfileForm: every serve-profile setting as a control, validated as you type.
 
 The form owns the controls and their messages; what a value means lives in
-`profile_fields` (pure). Each change re-reads the whole form, so cross-field
+`tui.profile_fields` (pure). Each change re-reads the whole form, so cross-field
 rules (auto tool choice needs a parser, a public host needs a key) are always
 current, and posts one `Edited` message with the reading.
 """
@@ -18,7 +18,7 @@ from textual.widgets import Input, Label, Select, Static, Switch, TextArea
 
 from backend.config import ServeProfile
 from backend.engine import FORK_KV_DTYPE_ALIASES
-from tui.widgets.profile_fields import (
+from tui.profile_fields import (
     DEFAULT_CHOICE,
     FIELDS,
     SECTIONS,
