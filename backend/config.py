@@ -9,11 +9,19 @@ setting in snake_case; `backend.serve_args` turns one into an argv.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -305,6 +313,61 @@ def save_user_config(settings: Settings) -> Path:
     }
     write_atomic(path, tomli_w.dumps(data))
     return path
+
+
+class ConfigNotSaved(ConfigError):
+    """A change could not be written; the settings in memory are as they were before it."""
+
+
+def save_profile(settings: Settings, name: str, profile: ServeProfile | Mapping[str, Any]) -> Path:
+    """Store `profile` as the user's profile `name` and write the config file.
+
+    All or nothing: if the profile does not validate or the file cannot be
+    written, `settings` is left exactly as it was and ConfigNotSaved says why.
+    """
+    try:
+        checked = ServeProfile.model_validate(profile)
+    except ValidationError as error:
+        raise ConfigNotSaved(f"profile {name}: {_first_line(error)}") from error
+
+    def store() -> None:
+        settings.profiles[name] = checked
+
+    return _change_and_save(settings, store)
+
+
+def delete_profile(settings: Settings, name: str) -> Path:
+    """Drop the user's profile `name` (and the default, if it named it); write the config.
+
+    All or nothing, like `save_profile`. KeyError when the user has no such profile.
+    """
+    if name not in settings.profiles:
+        raise KeyError(name)
+
+    def drop() -> None:
+        del settings.profiles[name]
+        if settings.default_profile == name:
+            settings.default_profile = None
+
+    return _change_and_save(settings, drop)
+
+
+def _change_and_save(settings: Settings, change: Callable[[], None]) -> Path:
+    # Kept by reference: the same dict and profile objects come back, in their order.
+    profiles, default = dict(settings.profiles), settings.default_profile
+    try:
+        change()
+        return save_user_config(settings)
+    except BaseException as error:
+        settings.profiles.clear()
+        settings.profiles.update(profiles)
+        settings.default_profile = default
+        if isinstance(error, OSError):
+            reason = error.strerror or str(error)
+            raise ConfigNotSaved(f"cannot write {paths.config_file()}: {reason}") from error
+        if isinstance(error, ValueError | TypeError):
+            raise ConfigNotSaved(f"{paths.config_file()} not written: {error}") from error
+        raise
 
 
 def resolve_profile(settings: Settings, name: str | None) -> tuple[str, ServeProfile]:

@@ -73,6 +73,31 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture
+def read_only_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """QTUI_CONFIG in a directory where no file can be made: writing the config fails.
+
+    A 0o555 directory; root ignores modes, so for root a directory in sysfs, which
+    makes no files for anyone. Checked here, so a test using it cannot pass vacuously.
+    """
+    directory = tmp_path / "read-only"
+    directory.mkdir()
+    directory.chmod(0o555)
+    try:
+        (directory / "probe").touch()
+    except OSError:
+        config = directory / "config.toml"
+    else:
+        (directory / "probe").unlink()
+        config = Path("/sys/qtui-test/config.toml")
+    with pytest.raises(OSError):
+        config.parent.mkdir(parents=True, exist_ok=True)
+        (config.parent / "probe").touch()
+    monkeypatch.setenv("QTUI_CONFIG", str(config))
+    yield config
+    directory.chmod(0o755)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny")

@@ -287,6 +287,41 @@ async def test_save_as_duplicate_and_delete(
         assert app.profile_name == "tiny-cpu"  # the default is selected again
 
 
+async def test_a_failed_save_keeps_the_settings_and_the_typing(
+    tiny_model: Path, engine: Engine, tmp_path: Path, read_only_config: Path
+) -> None:
+    app = build_app(tiny_model, engine, tmp_path / "state")
+    async with app.run_test(size=NARROW) as pilot:
+        form = await open_editor(app, pilot)
+        before = app.settings.model_dump()
+        new_port = free_port()
+        await type_into(pilot, form.control_for("port"), str(new_port))
+
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert any(
+            m.startswith(f"Could not save: cannot write {read_only_config}")
+            for m in notifications(app)
+        )
+        await pilot.press("ctrl+t")  # duplicate: a new name, refused the same way
+        await pilot.pause()
+        assert app.settings.model_dump() == before
+        assert app.profile_name == "tiny-cpu" and app.profile is not None
+        assert app.profile.port != new_port
+        # Nothing typed is lost: the form still reads the edit, still unsaved.
+        assert form.reading.profile is not None and form.reading.profile.port == new_port
+        assert "unsaved changes" in text_of(app, "#editor-title")
+
+        await pilot.press("f8")
+        await pilot.pause()
+        await pilot.press("y")
+        await pilot.pause()
+        assert any(m.startswith("Could not delete: cannot write") for m in notifications(app))
+        assert app.settings.model_dump() == before
+        assert isinstance(app.screen, ProfileEditorScreen)  # still open, still editing
+        assert not read_only_config.exists()
+
+
 async def test_builtin_profile_is_read_only(
     tiny_model: Path, engine: Engine, tmp_path: Path
 ) -> None:

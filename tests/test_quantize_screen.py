@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Input, ProgressBar, Select, Static
+from textual.widgets import Button, Input, ProgressBar, Select, Static
 
 from backend import paths
 from backend.config import Settings
 from backend.gpu import GpuSampler
-from backend.quantize import JobPhase, QuantizeJob
+from backend.quantize import FinishReport, JobPhase, QuantizeJob, QuantizeProgress, suggest_profile
 from backend.supervisor import ServerSupervisor, group_members
 from backend.tiny_qwen35 import TinyQwen35Shape, build_tiny_qwen35, write_calibration_jsonl
 from tests.test_gpu import GIB, FakeGpu, FakeNvml
@@ -225,6 +225,48 @@ async def test_bad_input_shows_a_line_and_starts_nothing(tmp_path: Path) -> None
         await pilot.press("escape")
         await pilot.pause()
         assert app.screen is not screen
+
+
+async def test_a_profile_the_config_cannot_take_is_reported_and_kept(
+    tmp_path: Path, read_only_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The job's end arrives as the screen's own message; the report is what finish() makes."""
+    output = str(tmp_path / "tiny-w4a16")
+    report = FinishReport(
+        output_dir=output,
+        verdict="ready",
+        reason="test",
+        profile=suggest_profile(output, mtp_ready=True).model_dump(exclude_defaults=True),
+    )
+    app = build_app(tmp_path)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = QuantizeScreen()
+        await app.push_screen(screen)
+        screen.job_id = "job-1"
+        done = QuantizeProgress(phase=JobPhase.DONE, output_dir=output)
+        screen.post_message(QuantizeScreen.JobEnded("job-1", done, report, None))
+        await pilot.pause()
+        name_input = screen.query_one("#profile-name", Input)
+        assert name_input.value == "tiny-w4a16"
+        before = app.settings.model_dump()
+
+        name_input.focus()
+        await pilot.press("enter")
+        await pilot.pause()
+        problem = text_of(screen, "job-error")
+        assert f"could not save the config: cannot write {read_only_config}" in problem
+        assert app.settings.model_dump() == before
+        assert app.profile_name != "tiny-w4a16"
+        # Nothing lost: the name stays, the button too; once the config can be written, it saves.
+        assert name_input.value == "tiny-w4a16"
+        assert not screen.query_one("#create-profile", Button).disabled
+        monkeypatch.setenv("QTUI_CONFIG", str(tmp_path / "writable" / "config.toml"))
+        await pilot.press("enter")
+        await pilot.pause()
+        assert not screen.query_one("#job-error", Static).has_class("shown")
+        assert app.profile_name == "tiny-w4a16"
+        saved = tomllib.loads(paths.config_file().read_text())["profiles"]["tiny-w4a16"]
+        assert saved["model"] == output and saved["speculative"]["method"] == "mtp"
 
 
 async def test_gpu_memory_line_and_cuda_default_with_a_gpu(tmp_path: Path) -> None:

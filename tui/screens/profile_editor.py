@@ -26,7 +26,13 @@ from textual.screen import Screen
 from textual.widgets import Footer, Static
 from textual.worker import get_current_worker
 
-from backend.config import BUILTIN_PROFILES, ServeProfile, save_user_config
+from backend.config import (
+    BUILTIN_PROFILES,
+    ConfigNotSaved,
+    ServeProfile,
+    delete_profile,
+    save_profile,
+)
 from backend.engine import KNOWN_KV_DTYPES, Engine, engine_facts
 from backend.supervisor import ServerStatus
 from tui.profile_fields import FIELDS, preview_command, profile_changes
@@ -264,16 +270,10 @@ class ProfileEditorScreen(Screen[None]):
 
     def _store(self, name: str, profile: ServeProfile) -> bool:
         """Write `profile` as user profile `name`, select it, and edit it from now on."""
-        settings = self.qtui.settings
-        previous = settings.profiles.get(name)
-        settings.profiles[name] = profile
         try:
-            path = save_user_config(settings)
-        except OSError as error:
-            if previous is None:
-                del settings.profiles[name]
-            else:
-                settings.profiles[name] = previous
+            path = save_profile(self.qtui.settings, name, profile)
+        except ConfigNotSaved as error:
+            # The settings are as before and the form keeps what was typed: fix, save again.
             self.notify(f"Could not save: {error}", severity="error")
             return False
         self.profile_name, self.saved = name, profile
@@ -339,16 +339,9 @@ class ProfileEditorScreen(Screen[None]):
 
     def _delete(self, name: str) -> None:
         settings = self.qtui.settings
-        removed = settings.profiles.pop(name)
-        cleared_default = settings.default_profile == name
-        if cleared_default:
-            settings.default_profile = None
         try:
-            save_user_config(settings)
-        except OSError as error:
-            settings.profiles[name] = removed
-            if cleared_default:
-                settings.default_profile = name
+            delete_profile(settings, name)
+        except ConfigNotSaved as error:
             self.notify(f"Could not delete: {error}", severity="error")
             return
         if self.qtui.profile_name == name:

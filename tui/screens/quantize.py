@@ -29,7 +29,7 @@ from textual.validation import ValidationResult, Validator
 from textual.widgets import Button, Footer, Input, Label, Log, ProgressBar, Select, Static
 from textual.worker import Worker, WorkerState, get_current_worker
 
-from backend.config import ServeProfile, save_user_config
+from backend.config import ConfigNotSaved, save_profile
 from backend.gpu import GpuSample, GpuSampler, no_gpu_text
 from backend.quantize import (
     PRESETS,
@@ -723,12 +723,10 @@ class QuantizeScreen(Screen[None]):
         problem = profile_name_problem(name, set(settings.all_profiles()))
         problem = problem and f"profile name: {problem}"
         if problem is None:
-            settings.profiles[name] = ServeProfile.model_validate(report.profile)
             try:
-                path = save_user_config(settings)
-            except OSError as failure:
+                path = save_profile(settings, name, report.profile)
+            except ConfigNotSaved as failure:
                 problem = f"could not save the config: {failure}"
-                del settings.profiles[name]
         if problem:
             error.update(Content(f"✖ {problem}"))
             error.add_class("shown")
