@@ -13,7 +13,6 @@ import os
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -30,7 +29,7 @@ from textual.widgets import Button, Footer, Input, Label, Log, ProgressBar, Sele
 from textual.worker import Worker, WorkerState, get_current_worker
 
 from backend.config import ConfigNotSaved, save_profile
-from backend.gpu import GpuSample, GpuSampler, no_gpu_text
+from backend.gpu import GpuSample, GpuSampler
 from backend.quantize import (
     PRESETS,
     FinishReport,
@@ -42,6 +41,23 @@ from backend.quantize import (
     clean,
 )
 from tui.profile_fields import profile_name_problem
+from tui.quantize_form import (
+    COUNT_FIELDS,
+    DEVICES,
+    FIELDS,
+    TEXT_FIELDS,
+    FormReading,
+    count_placeholders,
+    default_output_dir,
+    field_problem,
+    finish_text,
+    form_values_from,
+    gpu_line,
+    preset_label,
+    progress_line,
+    read_form,
+    suggest_profile_name,
+)
 from tui.screens.confirm import ConfirmScreen
 
 if TYPE_CHECKING:
@@ -52,118 +68,10 @@ CONTROL_GROUP = "quantize-control"
 WIDE_LAYOUT_MIN_COLUMNS = 120
 LOG_LINES_KEPT = 2000
 LOG_FIRST_READ_BYTES = 64 * 1024
-GIB = 1 << 30
-DEVICES = ("cuda", "cpu")
-
-
-# -- form checks: each returns a one-line problem, or None ----------------------------------
-def _path(text: str) -> Path:
-    return Path(os.path.expanduser(text.strip()))
-
-
-def model_dir_problem(text: str) -> str | None:
-    if not text.strip():
-        return "model dir: give the checkpoint directory to quantize"
-    path = _path(text)
-    if not path.exists():
-        return f"model dir: {path} does not exist"
-    if not path.is_dir():
-        return f"model dir: {path} is not a directory"
-    if not (path / "config.json").is_file():
-        return f"model dir: no config.json in {path} (not a Hugging Face checkpoint)"
-    return None
-
-
-def output_dir_problem(text: str, model_text: str = "") -> str | None:
-    if not text.strip():
-        return None  # the default next to the model is used
-    path = _path(text)
-    if path.exists() and not path.is_dir():
-        return f"output dir: {path} is a file"
-    if model_text.strip() and path.resolve() == _path(model_text).resolve():
-        return "output dir: must differ from the model dir (the model would be overwritten)"
-    return None
-
-
-def count_problem(text: str, label: str) -> str | None:
-    if not text.strip():
-        return None  # the preset's value is used
-    try:
-        value = int(text)
-    except ValueError:
-        return f"{label}: a whole number, or empty for the preset's"
-    return None if value >= 1 else f"{label}: must be at least 1"
-
-
-def dataset_problem(text: str) -> str | None:
-    if not text.strip():
-        return None  # AutoRound's default calibration set
-    path = _path(text)
-    if text.strip().endswith((".json", ".jsonl")) and not path.is_file():
-        return f"dataset: {path} is not a file"
-    if path.is_dir():
-        return f"dataset: {path} is a directory; give a .jsonl/.json file or a hub name"
-    return None
-
-
-def default_output_dir(model_text: str) -> str:
-    if not model_text.strip():
-        return ""
-    model = _path(model_text)
-    return str(model.parent / f"{model.name}-w4a16")
-
-
-def preset_label(name: str) -> str:
-    preset = PRESETS[name]
-    return f"{name}: {preset.iters} iters, {preset.nsamples} samples, seqlen {preset.seqlen}"
-
-
-def clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-def progress_line(progress: QuantizeProgress) -> str:
-    parts = [progress.phase.value]
-    if progress.total_blocks:
-        parts.append(f"block {progress.done_blocks}/{progress.total_blocks}")
-    if progress.block and not progress.phase.finished:
-        parts.append(progress.block)
-    parts.append(f"elapsed {clock(progress.elapsed_s)}")
-    if not progress.phase.finished:
-        parts.append(f"ETA {clock(progress.eta_s)}")
-    return "   ".join(parts)
-
-
-def gpu_line(sample: GpuSample | None) -> str:
-    if sample is None:
-        return "GPU: …"
-    if not sample.has_gpu:
-        return no_gpu_text(sample.no_gpu_reason or "unknown")
-    parts = []
-    for gpu in sample.gpus:
-        text = f"GPU{gpu.index} {gpu.memory_used / GIB:.1f}/{gpu.memory_total / GIB:.1f} GiB"
-        if gpu.server_memory:
-            text += f" (job {gpu.server_memory / GIB:.1f})"
-        parts.append(text)
-    return "   ".join(parts)
-
-
-def finish_text(report: FinishReport) -> str:
-    lines = [f"✔ quantized → {report.output_dir}"]
-    lines.append(f"MTP doctor: {report.verdict}: {report.reason}")
-    if report.patch_actions:
-        lines.append("patched: " + "; ".join(report.patch_actions))
-    else:
-        lines.append("not patched: nothing to fix")
-    return "\n".join(lines)
 
 
 class _Check(Validator):
-    """A Textual validator around one of the problem functions above."""
+    """A Textual validator around one of the form's checks (tui.quantize_form)."""
 
     def __init__(self, problem: Callable[[str], str | None]) -> None:
         super().__init__()
@@ -202,13 +110,6 @@ class _LogFollower:
         )
         lines = [clean(line).rstrip() for line in complete]
         return [line for line in lines if line], reset
-
-
-@dataclass
-class _FormValues:
-    spec: JobSpec | None
-    problem: str | None
-    field_id: str | None
 
 
 class QuantizeScreen(Screen[None]):
@@ -336,33 +237,16 @@ class QuantizeScreen(Screen[None]):
         with Horizontal(id="quantize-body"):
             with VerticalScroll(id="quantize-form"):
                 yield Static("Quantize with AutoRound (W4A16, group 128, sym)", classes="heading")
-                yield from self._field(
-                    "Model dir",
-                    Input(placeholder="checkpoint directory (has config.json)", id="model-dir",
-                          validators=[_Check(model_dir_problem)], compact=True),
-                )  # fmt: skip
-                yield from self._field(
-                    "Output dir",
-                    Input(placeholder="next to the model", id="output-dir", compact=True,
-                          validators=[_Check(self._output_problem)]),
-                )  # fmt: skip
+                yield from self._text_field("model-dir")
+                yield from self._text_field("output-dir")
                 yield from self._field(
                     "Preset",
                     Select([(preset_label(name), name) for name in PRESETS], value="default",
                            allow_blank=False, id="preset", compact=True),
                 )  # fmt: skip
-                for field_id, label in (("iters", "Iters"), ("nsamples", "Samples"),
-                                        ("seqlen", "Seq len")):  # fmt: skip
-                    yield from self._field(
-                        label,
-                        Input(id=field_id, type="integer", compact=True, valid_empty=True,
-                              validators=[_Check(partial(count_problem, label=label))]),
-                    )  # fmt: skip
-                yield from self._field(
-                    "Dataset",
-                    Input(placeholder="optional: .jsonl/.json file or hub name", id="dataset",
-                          validators=[_Check(dataset_problem)], compact=True),
-                )  # fmt: skip
+                for field in COUNT_FIELDS:
+                    yield from self._text_field(field.id)
+                yield from self._text_field("dataset")
                 yield from self._field(
                     "Device",
                     Select([(device, device) for device in DEVICES], value="cpu",
@@ -383,6 +267,22 @@ class QuantizeScreen(Screen[None]):
                     yield Button("Create serve profile", id="create-profile", compact=True)
                 yield Log(id="job-log", max_lines=LOG_LINES_KEPT)
         yield Footer()
+
+    def _text_field(self, field_id: str) -> ComposeResult:
+        field = FIELDS[field_id]
+        # The output dir is checked against the model dir as it is now.
+        check = (
+            self._output_problem if field_id == "output-dir" else partial(field_problem, field_id)
+        )
+        control = Input(
+            placeholder=field.placeholder,
+            id=field.id,
+            type="integer" if field.count else "text",
+            compact=True,
+            valid_empty=field.count,
+            validators=[_Check(check)],
+        )
+        yield from self._field(field.label, control)
 
     @staticmethod
     def _field(label: str, widget: Input | Select[str]) -> ComposeResult:
@@ -487,20 +387,10 @@ class QuantizeScreen(Screen[None]):
 
     def _fill_form_from(self, spec: dict[str, object]) -> None:
         """An empty form (a re-attached job) takes the job's settings: one edit to run it again."""
-        text_fields = ("model-dir", "output-dir", "iters", "nsamples", "seqlen", "dataset")
-        if any(self.query_one(f"#{field_id}", Input).value for field_id in text_fields):
+        if any(self.query_one(f"#{field.id}", Input).value for field in TEXT_FIELDS):
             return
-        values = {
-            "model-dir": spec.get("model"),
-            "output-dir": spec.get("out"),
-            "iters": spec.get("iters"),
-            "nsamples": spec.get("nsamples"),
-            "seqlen": spec.get("seqlen"),
-            "dataset": spec.get("dataset"),
-        }
-        for field_id, value in values.items():
-            if value is not None:
-                self.query_one(f"#{field_id}", Input).value = str(value)
+        for field_id, value in form_values_from(spec).items():
+            self.query_one(f"#{field_id}", Input).value = value
         if spec.get("preset") in PRESETS:
             self.query_one("#preset", Select).value = str(spec["preset"])
         if spec.get("device") in DEVICES:
@@ -539,16 +429,11 @@ class QuantizeScreen(Screen[None]):
         self.refresh_bindings()
 
     def _suggest_profile_name(self, output_dir: str) -> str:
-        base = re.sub(r"[^A-Za-z0-9._-]", "-", Path(output_dir).name).strip("-._") or "quantized"
-        taken = set(self.qtui.settings.all_profiles())
-        name, number = base, 2
-        while name in taken:
-            name, number = f"{base}-{number}", number + 1
-        return name
+        return suggest_profile_name(output_dir, set(self.qtui.settings.all_profiles()))
 
     # -- the form -----------------------------------------------------------------------
     def _output_problem(self, text: str) -> str | None:
-        return output_dir_problem(text, self.query_one("#model-dir", Input).value)
+        return field_problem("output-dir", text, self.query_one("#model-dir", Input).value)
 
     @on(Input.Changed)
     def _check_field(self, event: Input.Changed) -> None:
@@ -571,10 +456,8 @@ class QuantizeScreen(Screen[None]):
         self._show_preset(event.value)
 
     def _show_preset(self, name: object) -> None:
-        preset = PRESETS.get(str(name), PRESETS["default"])
-        for field_id, value in (("iters", preset.iters), ("nsamples", preset.nsamples),
-                                ("seqlen", preset.seqlen)):  # fmt: skip
-            self.query_one(f"#{field_id}", Input).placeholder = f"{value} (preset)"
+        for field_id, placeholder in count_placeholders(str(name)).items():
+            self.query_one(f"#{field_id}", Input).placeholder = placeholder
 
     @on(Select.Changed, "#device")
     def _device_chosen(self, event: Select.Changed) -> None:
@@ -589,39 +472,11 @@ class QuantizeScreen(Screen[None]):
         self._device_default = "cuda" if sample.has_gpu else "cpu"
         self.query_one("#device", Select).value = self._device_default
 
-    def read_form(self) -> _FormValues:
+    def read_form(self) -> FormReading:
         """The job spec, or the first problem and the field it is in; nothing is cleared."""
-
-        def value(field_id: str) -> str:
-            return self.query_one(f"#{field_id}", Input).value.strip()
-
-        model = value("model-dir")
-        checks: list[tuple[str, str | None]] = [
-            ("model-dir", model_dir_problem(model)),
-            ("output-dir", output_dir_problem(value("output-dir"), model)),
-            ("iters", count_problem(value("iters"), "Iters")),
-            ("nsamples", count_problem(value("nsamples"), "Samples")),
-            ("seqlen", count_problem(value("seqlen"), "Seq len")),
-            ("dataset", dataset_problem(value("dataset"))),
-        ]
-        for field_id, problem in checks:
-            if problem:
-                return _FormValues(None, problem, field_id)
-
-        def count(field_id: str) -> int | None:
-            return int(value(field_id)) if value(field_id) else None
-
-        spec = JobSpec.from_preset(
-            str(_path(model)),
-            str(_path(value("output-dir") or default_output_dir(model))),
-            str(self.query_one("#preset", Select).value),
-            iters=count("iters"),
-            nsamples=count("nsamples"),
-            seqlen=count("seqlen"),
-            dataset=str(_path(value("dataset"))) if value("dataset") else None,
-            device=str(self.query_one("#device", Select).value),
-        )
-        return _FormValues(spec, None, None)
+        texts = {field.id: self.query_one(f"#{field.id}", Input).value for field in TEXT_FIELDS}
+        preset = str(self.query_one("#preset", Select).value)
+        return read_form(texts, preset, str(self.query_one("#device", Select).value))
 
     # -- actions ------------------------------------------------------------------------
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
