@@ -55,6 +55,15 @@ def parse_gpu_list(text: str) -> list[int] | None:
     return indices
 
 
+def is_local_model(model: str) -> bool:
+    """Whether a model (or draft model) string names a local path rather than a hub id.
+
+    Written like a path (`.`, `/`, `~`) or naming something that exists here; a
+    local one that does not exist is an error, never a hub download.
+    """
+    return model.startswith((".", "/", "~")) or Path(model).expanduser().exists()
+
+
 class SpeculativeSettings(BaseModel):
     """Speculative decoding: which drafter, how many tokens per step."""
 

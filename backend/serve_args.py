@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from backend.config import ServeProfile, parse_gpu_list
+from backend.config import ServeProfile, is_local_model, parse_gpu_list
 from backend.engine import Engine, EngineFacts, engine_facts, resolve_kv_cache_dtype
 
 
@@ -300,9 +300,9 @@ def _checked_draft(profile: ServeProfile) -> ServeProfile:
         raise LaunchRefused(
             f"{spec.method} needs a draft checkpoint: set speculative.draft_model (e to edit)"
         )
-    draft_path = Path(spec.draft_model).expanduser()
-    if not (spec.draft_model.startswith((".", "/", "~")) or draft_path.exists()):
+    if not is_local_model(spec.draft_model):
         return profile  # a hub name: vLLM resolves it
+    draft_path = Path(spec.draft_model).expanduser()
     if not (draft_path / "config.json").is_file():
         raise LaunchRefused(
             f"draft model {spec.draft_model} is not a checkpoint directory (no config.json): "
@@ -330,7 +330,7 @@ def plan_launch(
     notes: list[str] = []
     model = profile.model
     model_path = Path(model).expanduser()
-    looks_local = model.startswith((".", "/", "~")) or model_path.exists()
+    looks_local = is_local_model(model)
     if looks_local:
         if not model_path.is_dir():
             raise LaunchRefused(f"model directory {model} does not exist; fix `model` or --model")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backend.config import ServeProfile, SpeculativeSettings, cpu_profile
+from backend.config import ServeProfile, SpeculativeSettings, cpu_profile, is_local_model
 from backend.engine import Engine, engine_facts, resolve_kv_cache_dtype
 from backend.serve_args import (
     LaunchRefused,
@@ -253,3 +253,19 @@ def test_the_form_reads_the_gpu_list(tiny_model: Path) -> None:
     assert reading.errors == {"gpus": "GPU 0 is listed twice"}
     clash = {**values, "gpus": "1", "env": values["env"] + "\nCUDA_VISIBLE_DEVICES=0"}
     assert "gpus" in read_profile(clash, base, KNOWN_KV_DTYPES).errors
+
+
+def test_local_path_or_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One rule, used by the launch check and the editor alike."""
+    from tui.profile_fields import model_location_problem
+
+    monkeypatch.chdir(tmp_path)
+    for written_as_path in ("/no/such/ckpt", "./ckpt", "../ckpt", "~/ckpt", "."):
+        assert is_local_model(written_as_path), written_as_path
+    assert not is_local_model("Qwen/Qwen3-0.6B")
+    (tmp_path / "Qwen" / "Qwen3-0.6B").mkdir(parents=True)
+    assert is_local_model("Qwen/Qwen3-0.6B")  # it exists here: a directory, not the hub
+    # A hub id passes the editor; a local path must be a checkpoint directory.
+    assert model_location_problem("Org/model") is None
+    assert model_location_problem("./ckpt") == "no directory ./ckpt"
+    assert "no config.json" in (model_location_problem("Qwen/Qwen3-0.6B") or "")

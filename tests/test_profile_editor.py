@@ -16,18 +16,21 @@ from textual.widget import Widget
 from textual.widgets import Select, Static
 
 from backend import paths
-from backend.config import Settings, SpeculativeSettings, cpu_profile
+from backend.config import ServeProfile, Settings, SpeculativeSettings, cpu_profile
 from backend.engine import KNOWN_KV_DTYPES, Engine, engine_facts
 from backend.supervisor import Phase, ServerSupervisor, group_members
 from tests.conftest import engine_spec, free_port
 from tui.app import CONTROL_GROUP, QtuiApp, make_app
 from tui.profile_fields import (
     FIELDS,
+    SECTIONS,
     FieldProblem,
     control_values,
+    field_label,
     parse_max_model_len,
     profile_changes,
     read_profile,
+    visible_keys,
 )
 from tui.screens.profile_editor import ProfileEditorScreen
 from tui.screens.server import ServerScreen
@@ -453,6 +456,40 @@ def test_form_values_read_back_as_the_same_profile(tiny_model: Path, name: str) 
     reading = read_profile(control_values(profile), profile, KNOWN_KV_DTYPES)
     assert reading.errors == {}
     assert reading.profile == profile
+
+
+def test_the_table_describes_every_field_once() -> None:
+    """Keys are real profile settings, read and shown the same way there and back."""
+    profile = ServeProfile(model="/m")
+    dumped = profile.model_dump()
+    keys = [spec.key for _, specs in SECTIONS for spec in specs]
+    assert len(keys) == len(set(keys)) == len(FIELDS)
+    assert len({spec.slug for spec in FIELDS.values()}) == len(FIELDS)  # control ids
+    for key in keys:
+        parent, _, child = key.rpartition(".")
+        assert child in (dumped[parent] if parent else dumped), key
+    assert [spec.key for spec in FIELDS.values() if spec.engine_options] == ["kv_cache_dtype"]
+    assert field_label("speculative.draft_model") == "Draft model"
+    assert field_label("no_such") == "no_such"
+
+
+@pytest.mark.parametrize(
+    ("method", "shown"),
+    [
+        ("off", set()),
+        ("mtp", {"speculative.num_speculative_tokens"}),
+        ("ngram", {"speculative.num_speculative_tokens", "speculative.prompt_lookup_min",
+                   "speculative.prompt_lookup_max"}),
+        ("eagle3", {"speculative.num_speculative_tokens", "speculative.draft_model"}),
+        ("draft_model", {"speculative.num_speculative_tokens", "speculative.draft_model"}),
+    ],
+)  # fmt: skip
+def test_fields_show_only_for_the_spec_methods_they_mean_something_for(
+    method: str, shown: set[str]
+) -> None:
+    depends = {"speculative.num_speculative_tokens", "speculative.prompt_lookup_min",
+               "speculative.prompt_lookup_max", "speculative.draft_model"}  # fmt: skip
+    assert visible_keys(method) == (set(FIELDS) - depends) | shown
 
 
 def test_max_model_len_forms_agree_with_the_installed_vllm(engine: Engine) -> None:

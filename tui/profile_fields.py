@@ -1,5 +1,11 @@
 """The serve-profile field table, and the pure parsing behind the profile editor.
 
+Every setting the editor shows is described once, in SECTIONS: its key,
+label, kind of control, how its text parses, how a profile value shows, and
+when it is visible. The form builds its controls from the table, reading
+and validation go through it, and the command preview follows from the
+profile it yields.
+
 Nothing here touches a widget: the form hands in raw control values (strings,
 booleans) and gets back a `ServeProfile` or a message per field, so the rules
 are the same whether a value came from a keypress or a test.
@@ -10,13 +16,15 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ValidationError
 
-from backend.config import SPEC_METHODS, ServeProfile, parse_gpu_list
+from backend.config import SPEC_METHODS, ServeProfile, is_local_model, parse_gpu_list
 from backend.engine import FORK_KV_DTYPE_ALIASES, Engine, resolve_kv_cache_dtype
 from backend.serve_args import (
     LaunchRefused,
@@ -40,179 +48,9 @@ HUMAN_INT = re.compile(r"(\d+(?:\.\d+)?[kmgt]|\d+[KMGT])")
 MAX_TOKENS_PER_STEP = 16
 
 
-@dataclass(frozen=True)
-class FieldSpec:
-    """One control of the form: which profile setting, how it is edited."""
-
-    key: str
-    """Profile attribute; `speculative.x` for the nested spec settings."""
-    label: str
-    kind: FieldKind
-    help: str
-    placeholder: str = ""
-    options: tuple[tuple[str, str], ...] = ()
-    """(label, value) pairs of a Select; the KV dtype's come from the engine."""
-
-    @property
-    def slug(self) -> str:
-        return self.key.replace(".", "-").replace("_", "-")
-
-
-def _choices(*values: str) -> tuple[tuple[str, str], ...]:
-    return tuple((value, value) for value in values)
-
-
-VLLM_DEFAULT = ("vLLM default", DEFAULT_CHOICE)
-
-SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
-    ("Model", (
-        FieldSpec("model", "Model", "text", "Checkpoint directory (with config.json) or hub id",
-                  placeholder="/path/to/checkpoint"),
-        FieldSpec("served_model_name", "Served name", "text",
-                  "Name clients send as `model`; empty = the model path",
-                  placeholder="(model path)"),
-        FieldSpec("dtype", "Weights dtype", "select", "Activation/weight dtype",
-                  options=_choices("auto", "half", "float16", "bfloat16", "float", "float32")),
-        FieldSpec("trust_remote_code", "Trust remote code", "switch",
-                  "Run the checkpoint's own Python (needed by some architectures)"),
-        FieldSpec("language_model_only", "Language model only", "switch",
-                  "Skip a multimodal model's vision tower"),
-    )),
-    ("Network", (
-        FieldSpec("host", "Host", "text", "Bind address; anything but loopback needs an API key",
-                  placeholder="127.0.0.1"),
-        FieldSpec("port", "Port", "int", "TCP port, 1-65535"),
-        FieldSpec("api_key_env", "API key variable", "text",
-                  "NAME of the environment variable holding the key, never the key",
-                  placeholder="(no key)"),
-    )),
-    ("Memory and context", (
-        FieldSpec("max_model_len", "Max model len", "text",
-                  "Context length: 4096, 1k (=1000), 1K (=1024), 25.6k, auto or -1",
-                  placeholder="(vLLM default)"),
-        FieldSpec("gpu_memory_utilization", "GPU memory share", "float",
-                  "Fraction of GPU memory vLLM may use, above 0 and at most 1",
-                  placeholder="(vLLM default)"),
-        FieldSpec("kv_cache_memory_bytes", "KV cache bytes", "int",
-                  "Fixed KV-cache size in bytes; overrides the memory share",
-                  placeholder="(sized by memory share)"),
-        FieldSpec("max_num_seqs", "Max sequences", "int", "Concurrent sequences per step",
-                  placeholder="(vLLM default)"),
-        FieldSpec("kv_cache_dtype", "KV cache dtype", "select",
-                  "Checked against what the installed vLLM accepts"),
-        FieldSpec("enable_prefix_caching", "Prefix caching", "select",
-                  "Reuse KV blocks of shared prompt prefixes",
-                  options=(VLLM_DEFAULT, ("on", "on"), ("off", "off"))),
-    )),
-    ("Speculative decoding", (
-        FieldSpec("speculative.method", "Spec method", "select",
-                  "Drafter used now; off launches without --speculative-config",
-                  options=_choices(*SPEC_METHODS)),
-        FieldSpec("speculative.num_speculative_tokens", "Draft tokens", "int",
-                  f"Draft tokens per step, 1-{MAX_TOKENS_PER_STEP}"),
-        FieldSpec("speculative.prompt_lookup_min", "Lookup min (ngram)", "int",
-                  "Shortest prompt match ngram looks up", placeholder="(vLLM default)"),
-        FieldSpec("speculative.prompt_lookup_max", "Lookup max (ngram)", "int",
-                  "Longest prompt match ngram looks up", placeholder="(vLLM default)"),
-        FieldSpec("speculative.draft_model", "Draft model", "text",
-                  "Draft checkpoint for draft_model / eagle3", placeholder="/path/to/draft"),
-        FieldSpec("speculative.toggle_method", "m switches to", "select",
-                  "What the one-key toggle (m) turns on",
-                  options=_choices(*(m for m in SPEC_METHODS if m != "off"))),
-    )),
-    ("Execution", (
-        FieldSpec("enforce_eager", "Enforce eager", "switch",
-                  "No CUDA graphs: slower, starts faster, less memory"),
-        FieldSpec("cudagraph_mode", "CUDA graph mode", "select",
-                  "--compilation-config.cudagraph_mode",
-                  options=(VLLM_DEFAULT, *_choices(
-                      "NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE"))),
-        FieldSpec("tensor_parallel_size", "Tensor parallel", "int", "GPUs per pipeline stage"),
-        FieldSpec("pipeline_parallel_size", "Pipeline parallel", "int", "Pipeline stages"),
-        FieldSpec("gpus", "GPUs", "text",
-                  "GPU indices as nvidia-smi numbers them, e.g. 0,1 (CUDA_VISIBLE_DEVICES); "
-                  "at least tensor x pipeline parallel of them", placeholder="(all visible)"),
-        FieldSpec("distributed_executor_backend", "Executor backend", "select",
-                  "How workers run (uni = in one process)",
-                  options=(VLLM_DEFAULT, *_choices("mp", "ray", "uni", "external_launcher"))),
-    )),
-    ("Tools and reasoning", (
-        FieldSpec("reasoning_parser", "Reasoning parser", "text", "e.g. qwen3",
-                  placeholder="(none)"),
-        FieldSpec("tool_call_parser", "Tool call parser", "text", "e.g. qwen3_xml",
-                  placeholder="(none)"),
-        FieldSpec("enable_auto_tool_choice", "Auto tool choice", "switch",
-                  "Let the model decide to call tools (needs a tool call parser)"),
-    )),
-    ("Environment and extra arguments", (
-        FieldSpec("env", "Environment", "lines",
-                  "KEY=VALUE per line for the server process; no secrets here"),
-        FieldSpec("extra_args", "Extra arguments", "text",
-                  "Further `vllm serve` arguments, shell-quoted",
-                  placeholder="(none) e.g. --seed 0"),
-    )),
-)  # fmt: skip
-
-FIELDS: dict[str, FieldSpec] = {spec.key: spec for _, specs in SECTIONS for spec in specs}
-
-NGRAM_ONLY = ("speculative.prompt_lookup_min", "speculative.prompt_lookup_max")
-DRAFT_ONLY = ("speculative.draft_model",)
-SPEC_ON_ONLY = ("speculative.num_speculative_tokens",)
-
-
-def visible_keys(method: str) -> set[str]:
-    """Fields that mean something for this spec method (the others are hidden)."""
-    hidden: set[str] = set()
-    if method != "ngram":
-        hidden.update(NGRAM_ONLY)
-    if method not in ("draft_model", "eagle3"):
-        hidden.update(DRAFT_ONLY)
-    if method == "off":
-        hidden.update(SPEC_ON_ONLY)
-    return set(FIELDS) - hidden
-
-
-# -- profile -> control values ------------------------------------------------
-def _get(profile: ServeProfile, key: str) -> Any:
-    target: Any = profile
-    for part in key.split("."):
-        target = getattr(target, part)
-    return target
-
-
-def control_values(profile: ServeProfile) -> dict[str, str | bool]:
-    """What each control shows for `profile`."""
-    values: dict[str, str | bool] = {}
-    for key, spec in FIELDS.items():
-        value = _get(profile, key)
-        if spec.kind == "switch":
-            values[key] = bool(value)
-        elif key == "enable_prefix_caching":
-            values[key] = DEFAULT_CHOICE if value is None else ("on" if value else "off")
-        elif key == "env":
-            values[key] = "\n".join(f"{name}={val}" for name, val in value.items())
-        elif key == "extra_args":
-            values[key] = shlex.join(value)
-        else:
-            values[key] = DEFAULT_CHOICE if value is None else str(value)
-    return values
-
-
-# -- control values -> profile ------------------------------------------------
+# -- one control's text -> a profile value ------------------------------------
 class FieldProblem(ValueError):
     """A value cannot be used; the message says what would be accepted."""
-
-
-@dataclass
-class FormReading:
-    """The form's values read as a profile, with what is wrong or worth knowing."""
-
-    profile: ServeProfile | None
-    """None while any field has an error."""
-    errors: dict[str, str] = field(default_factory=dict)
-    warnings: dict[str, str] = field(default_factory=dict)
-    notes: dict[str, str] = field(default_factory=dict)
-    """Neutral explanations (fork KV-dtype names, hub ids)."""
 
 
 def _optional_text(raw: str) -> str | None:
@@ -322,9 +160,9 @@ def parse_env_name(raw: str) -> str | None:
 
 def model_location_problem(model: str) -> str | None:
     """Why `model` cannot be loaded as a local checkpoint; None when it can (or is a hub id)."""
-    path = Path(model).expanduser()
-    if not (model.startswith((".", "/", "~")) or path.exists()):
+    if not is_local_model(model):
         return None
+    path = Path(model).expanduser()
     if not path.is_dir():
         return f"no directory {model}"
     if not (path / "config.json").is_file():
@@ -332,58 +170,244 @@ def model_location_problem(model: str) -> str | None:
     return None
 
 
-def kv_dtype_note(requested: str, accepted: tuple[str, ...]) -> str | None:
-    """Explain the TurboQuant fork's preset names where they matter."""
-    if requested in FORK_KV_DTYPE_ALIASES:
-        try:
-            _, note = resolve_kv_cache_dtype(requested, accepted)
-        except ValueError:
-            return None  # the error says it
-        return note
-    for fork_name, upstream in FORK_KV_DTYPE_ALIASES.items():
-        if requested == upstream:
-            return f"the TurboQuant fork and its model cards call this {fork_name!r}"
-    return None
+def parse_model(raw: str) -> str:
+    text = raw.strip()
+    if not text:
+        raise FieldProblem("required: a checkpoint directory or hub id")
+    problem = model_location_problem(text)
+    if problem:
+        raise FieldProblem(problem)
+    return text
+
+
+def parse_host(raw: str) -> str:
+    text = raw.strip()
+    if not text:
+        raise FieldProblem("required: 127.0.0.1 keeps the server on this machine")
+    return text
+
+
+def whole(low: int, high: int | None = None, *, optional: bool) -> Callable[[str], int | None]:
+    """A parser of whole numbers from `low` to `high`; empty is None when `optional`."""
+    return partial(_int, low=low, high=high, optional=optional)
+
+
+def parse_on_off(raw: str) -> bool | None:
+    return None if raw == DEFAULT_CHOICE else raw == "on"
+
+
+# -- a profile value -> its control's text ---------------------------------------
+def show_value(value: Any) -> str:
+    return DEFAULT_CHOICE if value is None else str(value)
+
+
+def show_on_off(value: bool | None) -> str:
+    return DEFAULT_CHOICE if value is None else ("on" if value else "off")
+
+
+def show_env(env: dict[str, str]) -> str:
+    return "\n".join(f"{name}={value}" for name, value in env.items())
+
+
+def show_args(args: list[str]) -> str:
+    return shlex.join(args)
+
+
+# -- when a field is visible, by the speculative method chosen now ----------------
+def always(method: str) -> bool:
+    return True
+
+
+def ngram_only(method: str) -> bool:
+    return method == "ngram"
+
+
+def with_draft_model(method: str) -> bool:
+    return method in ("draft_model", "eagle3")
+
+
+def spec_on(method: str) -> bool:
+    return method != "off"
+
+
+# -- the field table ----------------------------------------------------------------
+@dataclass(frozen=True)
+class FieldSpec:
+    """One control of the form: which profile setting, how it is edited and read."""
+
+    key: str
+    """Profile attribute; `speculative.x` for the nested spec settings."""
+    label: str
+    kind: FieldKind
+    help: str
+    placeholder: str = ""
+    options: tuple[tuple[str, str], ...] = ()
+    """(label, value) pairs of a Select."""
+    engine_options: bool = False
+    """A Select whose options are what the installed vLLM accepts (the KV-cache dtypes)."""
+    parse: Callable[[str], Any] = _optional_text
+    """The control's text -> the profile value; FieldProblem says what is wrong.
+    A switch is read as its state instead."""
+    show: Callable[[Any], str] = show_value
+    """The profile value -> the control's text (a switch shows its state instead)."""
+    visible_when: Callable[[str], bool] = always
+    """Given the speculative method chosen now: does the field mean anything (else hidden)?"""
+
+    @property
+    def slug(self) -> str:
+        return self.key.replace(".", "-").replace("_", "-")
+
+
+def _choices(*values: str) -> tuple[tuple[str, str], ...]:
+    return tuple((value, value) for value in values)
+
+
+VLLM_DEFAULT = ("vLLM default", DEFAULT_CHOICE)
+optional_count = whole(1, optional=True)
+
+SECTIONS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
+    ("Model", (
+        FieldSpec("model", "Model", "text", "Checkpoint directory (with config.json) or hub id",
+                  placeholder="/path/to/checkpoint", parse=parse_model),
+        FieldSpec("served_model_name", "Served name", "text",
+                  "Name clients send as `model`; empty = the model path",
+                  placeholder="(model path)"),
+        FieldSpec("dtype", "Weights dtype", "select", "Activation/weight dtype",
+                  options=_choices("auto", "half", "float16", "bfloat16", "float", "float32")),
+        FieldSpec("trust_remote_code", "Trust remote code", "switch",
+                  "Run the checkpoint's own Python (needed by some architectures)"),
+        FieldSpec("language_model_only", "Language model only", "switch",
+                  "Skip a multimodal model's vision tower"),
+    )),
+    ("Network", (
+        FieldSpec("host", "Host", "text", "Bind address; anything but loopback needs an API key",
+                  placeholder="127.0.0.1", parse=parse_host),
+        FieldSpec("port", "Port", "int", "TCP port, 1-65535",
+                  parse=whole(1, 65535, optional=False)),
+        FieldSpec("api_key_env", "API key variable", "text",
+                  "NAME of the environment variable holding the key, never the key",
+                  placeholder="(no key)", parse=parse_env_name),
+    )),
+    ("Memory and context", (
+        FieldSpec("max_model_len", "Max model len", "text",
+                  "Context length: 4096, 1k (=1000), 1K (=1024), 25.6k, auto or -1",
+                  placeholder="(vLLM default)", parse=parse_max_model_len),
+        FieldSpec("gpu_memory_utilization", "GPU memory share", "float",
+                  "Fraction of GPU memory vLLM may use, above 0 and at most 1",
+                  placeholder="(vLLM default)", parse=parse_memory_share),
+        FieldSpec("kv_cache_memory_bytes", "KV cache bytes", "int",
+                  "Fixed KV-cache size in bytes; overrides the memory share",
+                  placeholder="(sized by memory share)", parse=optional_count),
+        FieldSpec("max_num_seqs", "Max sequences", "int", "Concurrent sequences per step",
+                  placeholder="(vLLM default)", parse=optional_count),
+        FieldSpec("kv_cache_dtype", "KV cache dtype", "select",
+                  "Checked against what the installed vLLM accepts", engine_options=True),
+        FieldSpec("enable_prefix_caching", "Prefix caching", "select",
+                  "Reuse KV blocks of shared prompt prefixes",
+                  options=(VLLM_DEFAULT, ("on", "on"), ("off", "off")),
+                  parse=parse_on_off, show=show_on_off),
+    )),
+    ("Speculative decoding", (
+        FieldSpec("speculative.method", "Spec method", "select",
+                  "Drafter used now; off launches without --speculative-config",
+                  options=_choices(*SPEC_METHODS)),
+        FieldSpec("speculative.num_speculative_tokens", "Draft tokens", "int",
+                  f"Draft tokens per step, 1-{MAX_TOKENS_PER_STEP}",
+                  parse=whole(1, MAX_TOKENS_PER_STEP, optional=False), visible_when=spec_on),
+        FieldSpec("speculative.prompt_lookup_min", "Lookup min (ngram)", "int",
+                  "Shortest prompt match ngram looks up", placeholder="(vLLM default)",
+                  parse=optional_count, visible_when=ngram_only),
+        FieldSpec("speculative.prompt_lookup_max", "Lookup max (ngram)", "int",
+                  "Longest prompt match ngram looks up", placeholder="(vLLM default)",
+                  parse=optional_count, visible_when=ngram_only),
+        FieldSpec("speculative.draft_model", "Draft model", "text",
+                  "Draft checkpoint for draft_model / eagle3", placeholder="/path/to/draft",
+                  visible_when=with_draft_model),
+        FieldSpec("speculative.toggle_method", "m switches to", "select",
+                  "What the one-key toggle (m) turns on",
+                  options=_choices(*(m for m in SPEC_METHODS if m != "off"))),
+    )),
+    ("Execution", (
+        FieldSpec("enforce_eager", "Enforce eager", "switch",
+                  "No CUDA graphs: slower, starts faster, less memory"),
+        FieldSpec("cudagraph_mode", "CUDA graph mode", "select",
+                  "--compilation-config.cudagraph_mode",
+                  options=(VLLM_DEFAULT, *_choices(
+                      "NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE"))),
+        FieldSpec("tensor_parallel_size", "Tensor parallel", "int", "GPUs per pipeline stage",
+                  parse=whole(1, optional=False)),
+        FieldSpec("pipeline_parallel_size", "Pipeline parallel", "int", "Pipeline stages",
+                  parse=whole(1, optional=False)),
+        FieldSpec("gpus", "GPUs", "text",
+                  "GPU indices as nvidia-smi numbers them, e.g. 0,1 (CUDA_VISIBLE_DEVICES); "
+                  "at least tensor x pipeline parallel of them", placeholder="(all visible)",
+                  parse=parse_gpus),
+        FieldSpec("distributed_executor_backend", "Executor backend", "select",
+                  "How workers run (uni = in one process)",
+                  options=(VLLM_DEFAULT, *_choices("mp", "ray", "uni", "external_launcher"))),
+    )),
+    ("Tools and reasoning", (
+        FieldSpec("reasoning_parser", "Reasoning parser", "text", "e.g. qwen3",
+                  placeholder="(none)"),
+        FieldSpec("tool_call_parser", "Tool call parser", "text", "e.g. qwen3_xml",
+                  placeholder="(none)"),
+        FieldSpec("enable_auto_tool_choice", "Auto tool choice", "switch",
+                  "Let the model decide to call tools (needs a tool call parser)"),
+    )),
+    ("Environment and extra arguments", (
+        FieldSpec("env", "Environment", "lines",
+                  "KEY=VALUE per line for the server process; no secrets here",
+                  parse=parse_env_lines, show=show_env),
+        FieldSpec("extra_args", "Extra arguments", "text",
+                  "Further `vllm serve` arguments, shell-quoted",
+                  placeholder="(none) e.g. --seed 0", parse=parse_extra_args, show=show_args),
+    )),
+)  # fmt: skip
+
+FIELDS: dict[str, FieldSpec] = {spec.key: spec for _, specs in SECTIONS for spec in specs}
+
+
+def field_label(key: str) -> str:
+    """The label a message names a field by (a key the table lacks names itself)."""
+    return FIELDS[key].label if key in FIELDS else key
+
+
+def visible_keys(method: str) -> set[str]:
+    """Fields that mean something for this spec method (the others are hidden)."""
+    return {key for key, spec in FIELDS.items() if spec.visible_when(method)}
+
+
+# -- profile <-> control values ----------------------------------------------------
+def _get(profile: ServeProfile, key: str) -> Any:
+    target: Any = profile
+    for part in key.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def control_values(profile: ServeProfile) -> dict[str, str | bool]:
+    """What each control shows for `profile`."""
+    values: dict[str, str | bool] = {}
+    for key, spec in FIELDS.items():
+        value = _get(profile, key)
+        values[key] = bool(value) if spec.kind == "switch" else spec.show(value)
+    return values
+
+
+@dataclass
+class FormReading:
+    """The form's values read as a profile, with what is wrong or worth knowing."""
+
+    profile: ServeProfile | None
+    """None while any field has an error."""
+    errors: dict[str, str] = field(default_factory=dict)
+    warnings: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    """Neutral explanations (fork KV-dtype names, hub ids)."""
 
 
 def _parse_one(spec: FieldSpec, raw: str | bool) -> Any:
-    key = spec.key
-    if spec.kind == "switch":
-        return bool(raw)
-    text = str(raw)
-    parsers: dict[str, Any] = {
-        "port": lambda t: _int(t, 1, 65535, optional=False),
-        "gpu_memory_utilization": parse_memory_share,
-        "max_model_len": parse_max_model_len,
-        "kv_cache_memory_bytes": lambda t: _int(t, 1, optional=True),
-        "max_num_seqs": lambda t: _int(t, 1, optional=True),
-        "tensor_parallel_size": lambda t: _int(t, 1, optional=False),
-        "pipeline_parallel_size": lambda t: _int(t, 1, optional=False),
-        "gpus": parse_gpus,
-        "speculative.num_speculative_tokens": (
-            lambda t: _int(t, 1, MAX_TOKENS_PER_STEP, optional=False)
-        ),
-        "speculative.prompt_lookup_min": lambda t: _int(t, 1, optional=True),
-        "speculative.prompt_lookup_max": lambda t: _int(t, 1, optional=True),
-        "env": parse_env_lines,
-        "extra_args": parse_extra_args,
-        "api_key_env": parse_env_name,
-        "enable_prefix_caching": lambda t: None if t == DEFAULT_CHOICE else t == "on",
-    }
-    if key in parsers:
-        return parsers[key](text)
-    if key == "model":
-        if not text.strip():
-            raise FieldProblem("required: a checkpoint directory or hub id")
-        problem = model_location_problem(text.strip())
-        if problem:
-            raise FieldProblem(problem)
-        return text.strip()
-    if key == "host":
-        if not text.strip():
-            raise FieldProblem("required: 127.0.0.1 keeps the server on this machine")
-        return text.strip()
-    return _optional_text(text)
+    return bool(raw) if spec.kind == "switch" else spec.parse(str(raw))
 
 
 def _set(data: dict[str, Any], key: str, value: Any) -> None:
@@ -419,6 +443,20 @@ def read_profile(
             key = ".".join(str(part) for part in item["loc"])
             reading.errors[key if key in FIELDS else "model"] = item["msg"]
     return reading
+
+
+def kv_dtype_note(requested: str, accepted: tuple[str, ...]) -> str | None:
+    """Explain the TurboQuant fork's preset names where they matter."""
+    if requested in FORK_KV_DTYPE_ALIASES:
+        try:
+            _, note = resolve_kv_cache_dtype(requested, accepted)
+        except ValueError:
+            return None  # the error says it
+        return note
+    for fork_name, upstream in FORK_KV_DTYPE_ALIASES.items():
+        if requested == upstream:
+            return f"the TurboQuant fork and its model cards call this {fork_name!r}"
+    return None
 
 
 def _cross_checks(data: dict[str, Any], reading: FormReading, kv_dtypes: tuple[str, ...]) -> None:
@@ -464,10 +502,8 @@ def _cross_checks(data: dict[str, Any], reading: FormReading, kv_dtypes: tuple[s
     note = kv_dtype_note(kv, kv_dtypes)
     if note:
         notes["kv_cache_dtype"] = note
-    if isinstance(model, str) and "model" not in errors and model_location_problem(model) is None:
-        path = Path(model).expanduser()
-        if not (model.startswith((".", "/", "~")) or path.exists()):
-            notes["model"] = "not a local directory: vLLM fetches it as a hub id"
+    if isinstance(model, str) and "model" not in errors and not is_local_model(model):
+        notes["model"] = "not a local directory: vLLM fetches it as a hub id"
 
 
 # -- preview and diff ------------------------------------------------------------

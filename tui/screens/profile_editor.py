@@ -35,7 +35,7 @@ from backend.config import (
 )
 from backend.engine import KNOWN_KV_DTYPES, Engine, engine_facts
 from backend.supervisor import ServerStatus
-from tui.profile_fields import FIELDS, preview_command, profile_changes
+from tui.profile_fields import field_label, preview_command, profile_changes
 from tui.screens.confirm import ConfirmScreen
 from tui.screens.profile_prompts import ProfileNamePrompt
 from tui.widgets.fit_box import FitBox
@@ -200,7 +200,7 @@ class ProfileEditorScreen(Screen[None]):
             self._show_preview(profile)
         else:
             # First line, so it shows in the four lines the narrow layout has.
-            labels = [FIELDS[key].label if key in FIELDS else key for key in event.reading.errors]
+            labels = [field_label(key) for key in event.reading.errors]
             command = self.query_one("#preview-command", Static)
             command.update(Content(f"✖ fix {', '.join(labels)}; last valid: {self._last_command}"))
             command.set_class(True, "-error")
@@ -262,7 +262,7 @@ class ProfileEditorScreen(Screen[None]):
     def _valid_profile(self, verb: str) -> ServeProfile | None:
         reading = self.form.reading
         if reading.profile is None:
-            labels = [FIELDS[key].label if key in FIELDS else key for key in reading.errors]
+            labels = [field_label(key) for key in reading.errors]
             self.notify(f"Not {verb}: fix {', '.join(labels)}", severity="error")
             self.form.focus_field(next(iter(reading.errors)))
             return None

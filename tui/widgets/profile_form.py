@@ -90,7 +90,7 @@ class ProfileForm(VerticalScroll):
             return Switch(bool(value), id=control_id, tooltip=spec.help, animate=False)
         if spec.kind == "select":
             options = list(spec.options)
-            if spec.key == "kv_cache_dtype":
+            if spec.engine_options:
                 options = kv_dtype_options(self.kv_dtypes, str(value))
             elif all(str(value) != option for _, option in options):
                 options.append((f"{value} (unknown)", str(value)))
