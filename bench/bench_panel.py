@@ -47,6 +47,7 @@ BIN = Path(sys.executable).parent
 FRAME_MARKER = "palette"
 HELP_MARKER = "remap any by its id"
 SETTLE_S = 4.0
+PACKAGES = ("backend", "tui", "themes")
 
 
 class TerminalScreen:
@@ -213,6 +214,11 @@ def main() -> int:
     options = parser.parse_args()
     sizes = [tuple(int(n) for n in size.split("x")) for size in options.sizes.split(",")]
 
+    # Bytecode as an installed package has it (pip compiles at install): an editable
+    # checkout under PYTHONDONTWRITEBYTECODE would otherwise compile qtui at every start.
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", *(str(REPO / d) for d in PACKAGES)], check=True
+    )
     home = Path(tempfile.mkdtemp(prefix="qtui-bench-panel-"))
     env = {
         **os.environ,
