@@ -13,10 +13,9 @@ from enum import StrEnum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from backend.vllm_log import LoadingStage
-
 if TYPE_CHECKING:
     from backend.config import ServeProfile
+    from backend.vllm_log import LoadingStage
 
 
 class Phase(StrEnum):

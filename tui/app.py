@@ -26,7 +26,6 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from backend import paths
 from backend.server_state import Phase, ServerStatus, took
-from backend.vllm_log import clean_line, is_own_polling, tail_lines
 from themes import QTUI_THEMES, TCSS_PATH, THEME_NAMES
 from tui.messages import ServerLogLines, ServerStatusPolled, TelemetrySampled
 from tui.screens.server import ServerScreen
@@ -385,6 +384,7 @@ class QtuiApp(App[int]):
     @work(thread=True, group="watch-log", exit_on_error=False, description="tail the server log")
     def tail_log(self) -> None:
         from backend.telemetry_checks import startup_readout
+        from backend.vllm_log import clean_line, is_own_polling, tail_lines
 
         worker = get_current_worker()
         current: Path | None = None
