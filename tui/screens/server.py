@@ -11,17 +11,16 @@ from typing import TYPE_CHECKING, cast
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal
+from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import Footer, Input, Static, TabbedContent, TabPane, Tabs
+from textual.widgets import ContentSwitcher, Footer, Input, Static
 
 from backend.endpoint import NOT_OURS
 from backend.server_state import Phase, ServerStatus
-from backend.telemetry_checks import StartupReadout, parse_startup
 from tui.messages import ServerLogLines
 from tui.widgets.log_view import LogDoctor, ServerLogView
 from tui.widgets.status_bar import ServerStatusBar
-from tui.widgets.telemetry import TelemetryPanel
+from tui.widgets.tab_strip import TabStrip
 
 if TYPE_CHECKING:
     from backend.config import ServeProfile
@@ -29,10 +28,13 @@ if TYPE_CHECKING:
     from backend.gpu import GpuSample
     from backend.metrics import TelemetrySnapshot
     from backend.mtp_doctor import Report
+    from backend.telemetry_checks import StartupReadout
     from tui.app import QtuiApp
     from tui.widgets.chat import ChatPane
+    from tui.widgets.telemetry import TelemetryPanel
 
 WIDE_LAYOUT_MIN_COLUMNS = 120
+TABS = [("tab-log", "Log"), ("tab-chat", "Chat"), ("tab-telemetry", "Telemetry")]
 
 
 def _gib(value: float) -> str:
@@ -102,7 +104,8 @@ class ServerScreen(Screen[None]):
 
     def __init__(self) -> None:
         super().__init__()
-        self._readout = StartupReadout()
+        self._readout: StartupReadout | None = None
+        """What loading reported; None until the log has been read."""
         self._reason_shown = ""
         self._fit_note = ""
         """`qtui fit`'s prediction against the KV cache vLLM reported (empty until known)."""
@@ -111,21 +114,19 @@ class ServerScreen(Screen[None]):
         """Which server's speed comparison is shown (re-read when another runs)."""
 
     def compose(self) -> ComposeResult:
+        # The first frame holds what says where things stand (the bar, the log) and
+        # the keys; the telemetry columns, the log search and the chat are mounted
+        # after it (see _mount_the_rest and _ensure_chat).
         yield ServerStatusBar(id="status-bar")
         yield Static(id="status-reason")
-        with Horizontal(id="main-area"):
-            with TabbedContent(id="tabs", initial="tab-log"):
-                with TabPane("Log", id="tab-log"):
-                    yield LogDoctor(id="log-doctor")
-                    yield Static(id="startup-readout")
-                    yield Input(placeholder="find in log…", id="log-search")
-                    yield ServerLogView(id="log-view")
-                # The chat (Markdown, the HTTP client: a fifth of a second to import)
-                # is mounted when the tab is first opened: see _ensure_chat.
-                yield TabPane("Chat", id="tab-chat")
-                with TabPane("Telemetry", id="tab-telemetry"):
-                    yield TelemetryPanel(id="tab-telemetry-panel")
-            yield TelemetryPanel(id="side-telemetry")
+        yield TabStrip(TABS, active="tab-log", id="tab-strip")
+        with Horizontal(id="main-area"), ContentSwitcher(id="tabs", initial="tab-log"):
+            with Vertical(id="tab-log"):
+                yield LogDoctor(id="log-doctor")
+                yield Static(id="startup-readout")
+                yield ServerLogView(id="log-view")
+            yield Vertical(id="tab-chat")
+            yield Vertical(id="tab-telemetry")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -135,7 +136,6 @@ class ServerScreen(Screen[None]):
         self.watch(self.app, "endpoint", self._show_endpoint, init=True)
         self.watch(self.app, "served", self._show_served, init=True)
         self.watch(self.app, "server_status", self.show_status, init=True)
-        self.watch(self.app, "telemetry", self.show_telemetry, init=True)
         if self._qtui_app().endpoint is None:
             self.query_one(ServerLogView).add_lines(
                 [
@@ -143,6 +143,27 @@ class ServerScreen(Screen[None]):
                     "p picks another, e edits it."
                 ]
             )
+        self.call_after_refresh(self._mount_the_rest)
+
+    async def _mount_the_rest(self) -> None:
+        """After the first frame: the telemetry (in its tab, and beside the log on a
+        wide terminal), then the live figures start flowing into it."""
+        from tui.widgets.telemetry import TelemetryPanel
+
+        await self.query_one("#tab-telemetry", Vertical).mount(
+            TelemetryPanel(id="tab-telemetry-panel")
+        )
+        await self.query_one("#main-area", Horizontal).mount(TelemetryPanel(id="side-telemetry"))
+        self.watch(self.app, "telemetry", self.show_telemetry, init=True)
+        status = self._qtui_app().server_status
+        if status is not None:
+            self._speed_key = None  # the new panels have not been told yet
+            self._show_speed_of(status)
+
+    def _telemetry_panels(self) -> list[TelemetryPanel]:
+        # Queried by name: importing the class would bring psutil and the GPU code
+        # into the first frame. None before _mount_the_rest.
+        return cast("list[TelemetryPanel]", list(self.query("TelemetryPanel")))
 
     @property
     def chat(self) -> ChatPane | None:
@@ -163,19 +184,16 @@ class ServerScreen(Screen[None]):
                 focus_on_mount=False,
                 id="chat",
             )
-            await self.query_one("#tab-chat", TabPane).mount(pane)
+            await self.query_one("#tab-chat", Vertical).mount(pane)
         return pane
 
     def on_resize(self) -> None:
         self._apply_width(self.size.width)
         self.call_after_refresh(self._catch_up_telemetry)
 
-    @on(TabbedContent.TabActivated)
-    async def focus_tab_content(self, event: TabbedContent.TabActivated) -> None:
-        if event.pane.id == "tab-chat":
-            await self._ensure_chat()
-        self._focus_tab(event.pane.id)
-        self.call_after_refresh(self._catch_up_telemetry)
+    @on(TabStrip.Chosen)
+    async def _tab_clicked(self, event: TabStrip.Chosen) -> None:
+        await self.action_show_tab(event.tab)
 
     def _focus_tab(self, tab: str | None) -> None:
         # set_focus now, not widget.focus() (which waits a turn): keys typed right
@@ -189,13 +207,16 @@ class ServerScreen(Screen[None]):
     def _apply_width(self, columns: int) -> None:
         wide = columns >= WIDE_LAYOUT_MIN_COLUMNS
         self.set_class(wide, "-wide")
-        tabs = self.query_one(TabbedContent)
-        if wide:
-            if tabs.active == "tab-telemetry":
-                tabs.active = "tab-log"
-            tabs.hide_tab("tab-telemetry")
-        else:
-            tabs.show_tab("tab-telemetry")
+        strip = self.query_one(TabStrip)
+        # On a wide terminal the telemetry sits beside the log: no tab for it.
+        strip.hidden = frozenset({"tab-telemetry"}) if wide else frozenset()
+        if wide and strip.active == "tab-telemetry":
+            self._switch_to("tab-log")
+
+    def _switch_to(self, tab: str) -> None:
+        self.query_one(TabStrip).active = tab
+        self.query_one("#tabs", ContentSwitcher).current = tab
+        self.call_after_refresh(self._catch_up_telemetry)
 
     def show_telemetry(
         self, sampled: tuple[TelemetrySnapshot | None, GpuSample | None] | None
@@ -205,21 +226,21 @@ class ServerScreen(Screen[None]):
         self._telemetry = sampled
         # Only what is on screen: the Telemetry tab behind the Log, or the side
         # column on a narrow terminal, catches up when it is shown.
-        for panel in self.query(TelemetryPanel):
+        for panel in self._telemetry_panels():
             if panel.is_on_screen:
                 panel.update_snapshot(*sampled)
             else:
                 panel.behind = True
 
     def _catch_up_telemetry(self) -> None:
-        for panel in self.query(TelemetryPanel):
+        for panel in self._telemetry_panels():
             if panel.behind and panel.is_on_screen and self._telemetry is not None:
                 panel.behind = False
                 panel.update_snapshot(*self._telemetry)
 
     def on_chat_pane_reply_finished(self, message: ChatPane.ReplyFinished) -> None:
         if message.speed is not None:
-            for panel in self.query(TelemetryPanel):
+            for panel in self._telemetry_panels():
                 panel.update_speed(message.speed)
 
     def _show_speed_of(self, status: ServerStatus) -> None:
@@ -237,7 +258,7 @@ class ServerScreen(Screen[None]):
                 return
             speed = SpeedLedger().comparison(record)
         self._speed_key = key
-        for panel in self.query(TelemetryPanel):
+        for panel in self._telemetry_panels():
             panel.update_speed(speed)
 
     def show_status(self, status: ServerStatus | None) -> None:
@@ -274,7 +295,9 @@ class ServerScreen(Screen[None]):
         self, lines: list[str], reset: bool, initial: StartupReadout | None
     ) -> None:
         """What loading reported (weights, KV cache, concurrency), from new lines only."""
-        if reset:
+        from backend.telemetry_checks import StartupReadout, parse_startup
+
+        if reset or self._readout is None:
             self._readout = initial or StartupReadout()
         found = parse_startup(lines)
         merged = {k: v for k, v in asdict(found).items() if v is not None}
@@ -288,6 +311,8 @@ class ServerScreen(Screen[None]):
             self._check_prediction(self._readout)
 
     def _show_readout(self) -> None:
+        if self._readout is None:
+            return
         widget = self.query_one("#startup-readout", Static)
         text = format_readout(self._readout)
         widget.update(f"{text}\n{self._fit_note}" if text and self._fit_note else text)
@@ -318,16 +343,23 @@ class ServerScreen(Screen[None]):
         return not (action == "show_tab" and isinstance(self.focused, Input))
 
     async def action_show_tab(self, tab: str) -> None:
+        if tab in self.query_one(TabStrip).hidden:
+            tab = "tab-log"  # `t` on a wide terminal: the telemetry is already in view
         if tab == "tab-chat":
             await self._ensure_chat()
-        self.query_one(TabbedContent).active = tab
+        self._switch_to(tab)
         self._focus_tab(tab)
 
-    def action_search_log(self) -> None:
-        self.query_one(TabbedContent).active = "tab-log"
-        search = self.query_one("#log-search", Input)
+    async def action_search_log(self) -> None:
+        self._switch_to("tab-log")
+        found = self.query("#log-search")
+        if found:
+            search = found.first(Input)
+        else:  # the first `/`: the field is made when it is wanted
+            search = Input(placeholder="find in log…", id="log-search")
+            await self.query_one("#tab-log", Vertical).mount(search, before="#log-view")
         search.add_class("shown")
-        search.focus()
+        self.set_focus(search)
 
     @on(Input.Submitted, "#log-search")
     def find_in_log(self, event: Input.Submitted) -> None:
@@ -342,10 +374,11 @@ class ServerScreen(Screen[None]):
         focused = self.focused
         chat = self.chat
         if focused is not None and chat is not None and chat in focused.ancestors_with_self:
-            self.query_one(TabbedContent).query_one(Tabs).focus()
+            self.query_one(TabStrip).focus()
             return
-        search = self.query_one("#log-search", Input)
-        if search.has_class("shown"):
+        found = self.query("#log-search")
+        if found and found.first().has_class("shown"):
+            search = found.first()
             search.remove_class("shown")
             log_view = self.query_one(ServerLogView)
             log_view.auto_scroll = True
