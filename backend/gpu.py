@@ -10,7 +10,6 @@ that has pynvml (nvidia-ml-py), including the GPU box's stock Python.
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -18,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import psutil
+
+from backend.process import group_members
 
 MEMBERS_REFRESH_S = 5.0
 """How often the server's process-group members are looked up again (they rarely change)."""
@@ -210,23 +211,6 @@ def no_gpu_text(reason: str) -> str:
     return f"no NVIDIA GPU ({reason})"
 
 
-def process_group_members(pgid: int) -> list[psutil.Process]:
-    """The leader and its descendants still in group `pgid` (vLLM's EngineCore, TP workers)."""
-    try:
-        leader = psutil.Process(pgid)
-        candidates = [leader, *leader.children(recursive=True)]
-    except psutil.Error:
-        return []
-    members = []
-    for proc in candidates:
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                members.append(proc)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    return members
-
-
 class GpuSampler:
     """Samples NVML and psutil; `sample()` for a caller's worker, `start()` for its own thread.
 
@@ -273,7 +257,7 @@ class GpuSampler:
         if self._pgid is None:
             return []
         if now - self._members_at >= MEMBERS_REFRESH_S or not self._members:
-            self._members = process_group_members(self._pgid)
+            self._members = group_members(self._pgid)
             self._members_at = now
         return self._members
 

@@ -11,12 +11,10 @@ needed and suggests a serve profile.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
-import subprocess
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -24,13 +22,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from backend import paths
 from backend.atomic import write_json_atomic
 from backend.config import ServeProfile, SpeculativeSettings
 from backend.mtp_doctor import Verdict, diagnose_checkpoint
 from backend.mtp_patch import PatchError, patch_checkpoint
+from backend.process import Detached
 
 RUNNER = Path(__file__).resolve().parent / "runners" / "autoround_job.py"
 REPO_QUANT_PYTHON = Path(__file__).resolve().parent.parent / ".venv-quant" / "bin" / "python"
@@ -202,10 +199,11 @@ def parse_progress(log_text: str) -> QuantizeProgress:
 class QuantizeJob:
     """One AutoRound job; start it, or re-attach to the one the state file names."""
 
-    def __init__(self, record: JobRecord, state_dir: Path, process: subprocess.Popen | None = None):
+    def __init__(self, record: JobRecord, state_dir: Path, process: Detached | None = None):
         self.record = record
         self.state_dir = state_dir
-        self._process = process
+        # Our own child when this job was started here, else the one the record names.
+        self.process = process or Detached(record.pid, record.create_time, pgid=record.pgid)
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -250,24 +248,19 @@ class QuantizeJob:
             "model": str(Path(spec.model).resolve()),
             "out": str(Path(spec.out).resolve()),
         }
-        (job_dir / "spec.json").write_text(json.dumps(spec_data, indent=2))
+        write_json_atomic(job_dir / "spec.json", spec_data)
         log_path = paths.logs_dir() / f"quantize-{job_id}.log"
-        env = os.environ | {"PYTHONUNBUFFERED": "1"}
-        with log_path.open("ab") as log:
-            process = subprocess.Popen(
-                [python, str(RUNNER), str(job_dir)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=job_dir,
-                env=env,
-                start_new_session=True,  # its own process group: survives us, killpg-able
-            )
+        process = Detached.spawn(
+            [python, str(RUNNER), str(job_dir)],
+            log_path=log_path,
+            env={"PYTHONUNBUFFERED": "1"},
+            cwd=job_dir,
+        )
         record = JobRecord(
             job_id=job_id,
             pid=process.pid,
-            pgid=process.pid,
-            create_time=psutil.Process(process.pid).create_time(),
+            pgid=process.pgid,
+            create_time=process.create_time,
             job_dir=str(job_dir),
             log_path=str(log_path),
             spec=spec_data,
@@ -282,21 +275,8 @@ class QuantizeJob:
         path = self.state_path(self.state_dir)
         write_json_atomic(path, asdict(self.record))
 
-    def _leader(self) -> psutil.Process | None:
-        if self._process is not None and self._process.poll() is not None:
-            return None  # our own child has exited (and is now reaped)
-        try:
-            process = psutil.Process(self.record.pid)
-            if abs(process.create_time() - self.record.create_time) > 1.0:
-                return None  # the pid was recycled
-            if process.status() == psutil.STATUS_ZOMBIE:
-                return None
-            return process
-        except psutil.Error:
-            return None
-
     def is_running(self) -> bool:
-        return self._leader() is not None
+        return self.process.alive()
 
     def result(self) -> dict[str, Any] | None:
         try:
@@ -354,27 +334,16 @@ class QuantizeJob:
         """SIGINT (AutoRound stops, the runner records it), then SIGKILL the whole group."""
         self.record.cancel_requested = True
         self._save()
-        if self.is_running():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.record.pgid, signal.SIGINT)
+        process = self.process
+        if process.alive():
+            process.signal_group(signal.SIGINT)
             deadline = time.monotonic() + grace_s
-            while self.is_running() and time.monotonic() < deadline:
+            while process.alive() and time.monotonic() < deadline:
                 time.sleep(0.2)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.record.pgid, signal.SIGKILL)  # stragglers: dataloader workers etc.
-        if self._process is not None:
-            self._process.wait(timeout=10)
-        self._wait_group_gone(10.0)
+        if process.members():
+            process.signal_group(signal.SIGKILL)  # stragglers: dataloader workers etc.
+        process.wait_gone(10.0)
         return self.progress()
-
-    def _wait_group_gone(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.record.pgid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.1)
 
     # --- after a successful run ----------------------------------------------------------
 

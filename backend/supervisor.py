@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
@@ -23,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 
 from backend import paths
 from backend.atomic import write_json_atomic
 from backend.config import ServeProfile
 from backend.engine import Engine
 from backend.gpu import gpu_memory_held_by
+from backend.process import Detached, group_members
 from backend.serve_args import LaunchPlan, masked_command, plan_launch
 from backend.server_state import Phase, ServerRecord, ServerStatus, StopReport, took
 from backend.vllm_log import (
@@ -53,18 +51,6 @@ class SupervisorError(RuntimeError):
         self.exit_code = exit_code
 
 
-def group_members(pgid: int) -> list[psutil.Process]:
-    """Live (non-zombie) processes whose process group is `pgid`."""
-    members = []
-    for proc in psutil.process_iter(["pid", "status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                members.append(proc)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            continue
-    return members
-
-
 class ServerSupervisor:
     """Owns at most one vLLM server per state dir."""
 
@@ -74,7 +60,8 @@ class ServerSupervisor:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.state_path = self.state_dir / "server.json"
         self._lock_path = self.state_dir / "server.lock"
-        self._child: subprocess.Popen[bytes] | None = None
+        self._child: Detached | None = None
+        """The server this supervisor spawned (others are re-attached from the record)."""
         self._http = httpx.Client(timeout=httpx.Timeout(2.0, connect=1.0))
 
     # -- state file -------------------------------------------------------
@@ -99,22 +86,19 @@ class ServerSupervisor:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- observing --------------------------------------------------------
+    def _process(self, record: ServerRecord) -> Detached:
+        """The server's process: our own child when we spawned it, else the record's."""
+        if self._child is not None and self._child.pid == record.pid:
+            return self._child
+        return Detached(record.pid, record.create_time, pgid=record.pgid)
+
     def _leader_alive(self, record: ServerRecord) -> bool:
         """Is the server's leader process still running?"""
-        if self._child is not None and self._child.pid == record.pid:
-            # Our own child: only waitpid tells the truth (and reaps it, keeping its code).
-            return self._child.poll() is None
-        try:
-            proc = psutil.Process(record.pid)
-            if abs(proc.create_time() - record.create_time) > 1.0:
-                return False  # the pid was recycled by an unrelated process
-            return proc.status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
+        return self._process(record).alive()
 
     def _reap(self) -> int | None:
         """Our child's exit code once it has exited (None: running, or not ours)."""
-        return self._child.poll() if self._child is not None else None
+        return self._child.reap() if self._child is not None else None
 
     def health_ok(self, url: str) -> bool:
         try:
@@ -233,24 +217,12 @@ class ServerSupervisor:
             log.write(f"# qtui: {command}\n".encode())
             for note in plan.notes:
                 log.write(f"# qtui: {note}\n".encode())
-            log.flush()
-            self._child = subprocess.Popen(
-                plan.argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={**os.environ, **plan.env},
-            )
-        try:
-            create_time = psutil.Process(self._child.pid).create_time()
-        except psutil.Error:
-            create_time = time.time()
+        self._child = child = Detached.spawn(plan.argv, log_path=log_path, env=plan.env)
         profile = plan.profile or profile
         record = ServerRecord(
-            pid=self._child.pid,
-            pgid=self._child.pid,
-            create_time=create_time,
+            pid=child.pid,
+            pgid=child.pgid,
+            create_time=child.create_time,
             host=profile.host,
             port=profile.port,
             url=plan.url,
@@ -287,7 +259,7 @@ class ServerSupervisor:
             if status.phase == Phase.READY:
                 return self._mark_ready(status)
             if status.phase in (Phase.FAILED, Phase.STOPPED):
-                self._kill_group(record.pgid, StopReport())
+                self._process(record).kill_group()
                 raise SupervisorError(
                     status.reason or "vLLM stopped before it was ready", status.exit_code
                 )
@@ -328,22 +300,21 @@ class ServerSupervisor:
                 return report
             # Remember who was in the group: after they exit, NVML must not show them
             # holding GPU memory (vLLM #55510: orphaned workers keep it).
-            seen_pids = [proc.pid for proc in group_members(record.pgid)]
-            if self._leader_alive(record):
+            server = self._process(record)
+            seen_pids = [proc.pid for proc in server.members()]
+            if server.alive():
                 record.intent = "stopping"
                 self._save_record(record)
                 # A frozen group (SIGSTOP, a debugger) acts on no signal until continued.
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(record.pgid, signal.SIGCONT)
+                server.signal_group(signal.SIGCONT)
                 for step, wait in (("SIGINT", first_wait_s), ("SIGINT again", second_wait_s)):
                     report.steps.append(step)
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(record.pid, signal.SIGINT)
-                    if self._wait_group_gone(record, wait):
+                    server.signal_leader(signal.SIGINT)
+                    if server.wait_gone(wait):
                         break
             else:
                 report.steps.append("leader already gone")
-            self._kill_group(record.pgid, report, term_wait_s)
+            report.leftover_pids = server.kill_group(term_wait_s, report.steps)
             report.exit_code = self._reap()
             record.intent = "stopped"
             record.exit_code = report.exit_code
@@ -363,29 +334,6 @@ class ServerSupervisor:
                 "check them with `ps` (they may be stuck in the kernel)"
             )
         return report
-
-    def _wait_group_gone(self, record: ServerRecord, seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            self._reap()
-            if not self._leader_alive(record) and not group_members(record.pgid):
-                return True
-            time.sleep(0.1)
-        return False
-
-    def _kill_group(self, pgid: int, report: StopReport, term_wait_s: float = 5.0) -> None:
-        for sig, name in ((signal.SIGTERM, "killpg TERM"), (signal.SIGKILL, "killpg KILL")):
-            if not group_members(pgid):
-                break
-            report.steps.append(name)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, sig)
-            deadline = time.monotonic() + term_wait_s
-            while time.monotonic() < deadline and group_members(pgid):
-                self._reap()
-                time.sleep(0.1)
-        self._reap()
-        report.leftover_pids = [proc.pid for proc in group_members(pgid)]
 
     def restart(
         self,
