@@ -332,12 +332,12 @@ def is_own_polling(line: str) -> bool:
     return OWN_POLLING.search(line) is not None
 
 
-def tail_lines(path: Path, count: int, chunk: int = 65536) -> list[str]:
-    """The last `count` lines of a file without reading all of it."""
+def tail_lines(path: Path, count: int, chunk: int = 65536, *, end: int | None = None) -> list[str]:
+    """The last `count` lines of a file without reading all of it (of its first `end` bytes)."""
     try:
         with open(path, "rb") as handle:
-            handle.seek(0, 2)
-            end = handle.tell()
+            size = handle.seek(0, 2)
+            end = size if end is None else min(end, size)
             data = b""
             while end > 0 and data.count(b"\n") <= count:
                 step = min(chunk, end)

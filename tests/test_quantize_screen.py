@@ -21,7 +21,7 @@ from backend.tiny_qwen35 import TinyQwen35Shape, build_tiny_qwen35, write_calibr
 from tests.test_gpu import GIB, FakeGpu, FakeNvml
 from tui.app import QtuiApp, make_app
 from tui.screens.confirm import ConfirmScreen
-from tui.screens.quantize import WATCH_GROUP, QuantizeScreen, _LogFollower
+from tui.screens.quantize import WATCH_GROUP, QuantizeScreen
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -276,13 +276,3 @@ async def test_gpu_memory_line_and_cuda_default_with_a_gpu(tmp_path: Path) -> No
         assert screen.query_one("#device", Select).value == "cuda"
         assert screen.has_class("-wide")  # both the form and the job panel show
         await pilot.pause()
-
-
-def test_log_follower(tmp_path: Path) -> None:
-    log = tmp_path / "job.log"
-    log.write_bytes(b"start\nQuantizing a:  0%|\rQuantizing a: 50%|")
-    follower = _LogFollower()
-    assert follower.read(str(log)) == (["start", "Quantizing a:  0%|"], True)
-    with log.open("ab") as handle:
-        handle.write(b"\r\x1b[32mdone\x1b[0m\n")
-    assert follower.read(str(log)) == (["Quantizing a: 50%|", "done"], False)

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from backend.config import SPEC_METHODS, ConfigError, ServeProfile, resolve_profile
+from backend.log_follow import LogFollower
 from backend.serve_args import LaunchRefused
 from backend.supervisor import Phase, ServerStatus, SupervisorError, took
-from backend.vllm_log import clean_line, tail_lines
+from backend.vllm_log import tail_lines
 from tui.commands.common import settings, supervisor
 from tui.commands.errors import CommandError
 
@@ -44,7 +45,10 @@ def register(subparsers: Any) -> None:
 
     logs = actions.add_parser("logs", help="the server log")
     logs.add_argument("-n", type=int, default=50, help="lines from the end (default 50)")
-    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    logs.add_argument(
+        "-f", "--follow", action="store_true",
+        help="keep printing new lines (of the next server's log after a restart)",
+    )  # fmt: skip
     logs.set_defaults(handler=cmd_logs)
 
 
@@ -247,19 +251,21 @@ def cmd_logs(args: argparse.Namespace) -> int:
     record = sup.load_record()
     if record is None:
         raise CommandError("no server log yet: start a server first")
-    path = Path(record.log_path)
-    for line in tail_lines(path, args.n):
-        print(line)
     if not args.follow:
+        for line in tail_lines(Path(record.log_path), args.n):
+            print(line)
         return 0
-    with open(path, "rb") as handle:
-        handle.seek(0, 2)
-        try:
-            while True:
-                chunk = handle.readline()
-                if chunk:
-                    print(clean_line(chunk.decode("utf-8", "replace")), flush=True)
-                else:
-                    time.sleep(0.25)
-        except KeyboardInterrupt:
-            return 0
+    follower = LogFollower(record.log_path, start_lines=args.n)
+    try:
+        while True:
+            for line in follower.read_new():
+                print(line, flush=True)
+            time.sleep(0.25)
+            # A restart or a toggle starts a new log: follow the server, not the file.
+            record = sup.load_record() or record
+            if Path(record.log_path) != follower.path:
+                print(f"qtui: now {record.log_path}", file=sys.stderr, flush=True)
+                follower.start_lines = None  # all of the new log is news
+                follower.path = record.log_path
+    except KeyboardInterrupt:
+        return 0

@@ -9,8 +9,6 @@ GPU sampler and the log, and posts messages; it dies with the screen.
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from collections.abc import Callable
 from functools import partial
@@ -30,6 +28,7 @@ from textual.worker import Worker, WorkerState, get_current_worker
 
 from backend.config import ConfigNotSaved, save_profile
 from backend.gpu import GpuSample, GpuSampler
+from backend.log_follow import LogFollower
 from backend.quantize import (
     PRESETS,
     FinishReport,
@@ -38,7 +37,6 @@ from backend.quantize import (
     QuantizeError,
     QuantizeJob,
     QuantizeProgress,
-    clean,
 )
 from tui.profile_fields import profile_name_problem
 from tui.quantize_form import (
@@ -67,7 +65,6 @@ WATCH_GROUP = "quantize-watch"
 CONTROL_GROUP = "quantize-control"
 WIDE_LAYOUT_MIN_COLUMNS = 120
 LOG_LINES_KEPT = 2000
-LOG_FIRST_READ_BYTES = 64 * 1024
 
 
 class _Check(Validator):
@@ -80,36 +77,6 @@ class _Check(Validator):
     def validate(self, value: str) -> ValidationResult:
         found = self.problem(value)
         return self.failure(found, value) if found else self.success()
-
-
-class _LogFollower:
-    """Reads a job's log incrementally; tqdm redraws with \\r, so \\r ends a line too."""
-
-    def __init__(self) -> None:
-        self.path: str | None = None
-        self.offset = 0
-        self.pending = ""
-
-    def read(self, path: str) -> tuple[list[str], bool]:
-        reset = path != self.path
-        try:
-            with open(path, "rb") as handle:
-                size = handle.seek(0, os.SEEK_END)
-                if reset:
-                    self.path, self.pending = path, ""
-                    self.offset = max(0, size - LOG_FIRST_READ_BYTES)
-                elif size < self.offset:
-                    self.offset, self.pending = 0, ""  # truncated: start again
-                handle.seek(self.offset)
-                chunk = handle.read(1 << 20)
-        except OSError:
-            return [], reset
-        self.offset += len(chunk)
-        *complete, self.pending = re.split(
-            r"\r\n|\r|\n", self.pending + chunk.decode("utf-8", "replace")
-        )
-        lines = [clean(line).rstrip() for line in complete]
-        return [line for line in lines if line], reset
 
 
 class QuantizeScreen(Screen[None]):
@@ -180,7 +147,7 @@ class QuantizeScreen(Screen[None]):
             return isinstance(message, QuantizeScreen.JobPolled)
 
     class JobLogLines(Message):
-        """New lines of the job's log; `reset` when another job's log began."""
+        """New lines of the job's log; `reset` when the log begins afresh (another job's)."""
 
         def __init__(self, job_id: str, lines: list[str], reset: bool) -> None:
             super().__init__()
@@ -311,7 +278,7 @@ class QuantizeScreen(Screen[None]):
         worker = get_current_worker()
         sampler = self.sampler or GpuSampler()
         interval = self._poll_interval_s or float(getattr(self.app, "poll_interval_s", 1.0))
-        follower = _LogFollower()
+        follower: LogFollower | None = None
         ended: str | None = None
         watched_pgid: int | None = None
         try:
@@ -324,9 +291,17 @@ class QuantizeScreen(Screen[None]):
                         watched_pgid = job.record.pgid
                         sampler.watch(watched_pgid)  # GPU memory held by the job's processes
                     progress = job.progress()
-                    lines, reset = follower.read(job.record.log_path)
-                    if lines or reset:
-                        self.post_message(self.JobLogLines(job.record.job_id, lines, reset))
+                    if follower is None:
+                        follower = LogFollower(
+                            job.record.log_path, start_lines=LOG_LINES_KEPT, cr_ends_line=True
+                        )
+                    follower.path = job.record.log_path  # another job: its log starts over
+                    lines = [line.rstrip() for line in follower.read_new()]
+                    lines = [line for line in lines if line]
+                    if lines or follower.started_over:
+                        self.post_message(
+                            self.JobLogLines(job.record.job_id, lines, follower.started_over)
+                        )
                     self.post_message(self.JobPolled(job, progress, sampler.sample()))
                     if progress.phase.finished and ended != job.record.job_id:
                         ended = job.record.job_id
