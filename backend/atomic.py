@@ -1,16 +1,19 @@
 """Files that are either the old version or the new one, never half of each.
 
 Every state qtui keeps (the server record, job records, the config, the speed
-ledger, bench results) goes through `write_atomic`: a temp file beside the
-target, fsync, rename, fsync of the directory. A crash, a full disk or a
+ledger, bench results) goes through `write_atomic` (or `replacing`, for
+a file written in pieces): a temp file beside the target, fsync, rename,
+fsync of the directory. A crash, a full disk or a
 killed panel leaves the previous file whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +34,29 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Replace `path` with `data` all at once, durably."""
+@contextlib.contextmanager
+def replacing(path: Path) -> Iterator[Path]:
+    """A temp file beside `path` to write (and fsync); it replaces `path` if the block ends well.
+
+    The temp is `.NAME.XXXXXXXX.tmp`; on an error it is removed and `path` is untouched.
+    """
     path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write_bytes_durably(Path(temp), payload)
+        yield Path(temp)
         os.replace(temp, path)
         fsync_dir(path.parent)
     finally:
         if os.path.exists(temp):
             os.unlink(temp)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Replace `path` with `data` all at once, durably."""
+    payload = data.encode() if isinstance(data, str) else data
+    with replacing(path) as temp:
+        write_bytes_durably(temp, payload)
 
 
 def write_json_atomic(path: Path, value: Any, indent: int | None = 2) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from backend.atomic import fsync_dir, write_bytes_durably
+from backend.atomic import fsync_dir, write_atomic, write_bytes_durably
 from backend.checkpoint import (
     INDEX_NAME,
     JOURNAL_NAME,
@@ -312,7 +312,11 @@ def recover_interrupted_patch(path: Path) -> str | None:
         journal.unlink()
         fsync_dir(path)
         return f"finished an interrupted patch ({len(entries)} files)"
-    strays = [*path.glob(f"*{TEMP_SUFFIX}"), *path.glob(f"{JOURNAL_NAME}.tmp")]
+    strays = [
+        *path.glob(f"*{TEMP_SUFFIX}"),
+        *path.glob(f".{JOURNAL_NAME}.*.tmp"),  # write_atomic's temp for the journal
+        *path.glob(f"{JOURNAL_NAME}.tmp"),  # the name older versions gave it
+    ]
     for stray in strays:
         stray.unlink()
     if strays:
@@ -379,10 +383,7 @@ def patch_checkpoint(
     if backup:
         result.backup_dir = _backup(path, [final for _, final in temps])
         step("backup")
-    journal_temp = path / f"{JOURNAL_NAME}.tmp"
-    write_bytes_durably(journal_temp, _json_bytes({"version": 1, "renames": temps}))
-    os.replace(journal_temp, path / JOURNAL_NAME)
-    fsync_dir(path)
+    write_atomic(path / JOURNAL_NAME, _json_bytes({"version": 1, "renames": temps}))
     step("commit")
     for temp, final in temps:
         os.replace(path / temp, path / final)

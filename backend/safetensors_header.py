@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from backend.atomic import fsync_dir
+from backend.atomic import replacing
 
 # The reference implementation refuses headers above 100 MB; a larger length
 # means the file is not safetensors (or is corrupt), not that it is huge.
@@ -276,16 +275,8 @@ def write_safetensors_atomic(
     path: Path, tensors: Mapping[str, TensorSpec], metadata: Mapping[str, str] | None = None
 ) -> None:
     """Temp file beside `path`, fsync, rename, fsync the directory: all or nothing."""
-    path = Path(path)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write_safetensors(Path(temp), tensors, metadata)
-        os.replace(temp, path)
-        fsync_dir(path.parent)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+    with replacing(path) as temp:
+        write_safetensors(temp, tensors, metadata)
 
 
 def total_data_bytes(headers: Iterable[SafetensorsHeader]) -> int:

@@ -11,17 +11,20 @@ for another interpreter, outside the panel's import graph.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
+# qtui's one atomic write (temp, fsync, rename, fsync the dir): backend/atomic.py is
+# plain stdlib, so this interpreter can import it from the checkout; appended, so
+# nothing of the quantization environment is shadowed.
+sys.path.append(str(Path(__file__).resolve().parents[2]))
+from backend.atomic import write_json_atomic
+
 
 def _write_result(job_dir: Path, result: dict) -> None:
-    temp = job_dir / "result.json.tmp"
-    temp.write_text(json.dumps(result, indent=2))
-    os.replace(temp, job_dir / "result.json")
+    write_json_atomic(job_dir / "result.json", result)
 
 
 def main(job_dir: Path) -> int:
