@@ -95,9 +95,6 @@ class Detached:
         create_time = create_time_of(popen.pid)
         return cls(popen.pid, time.time() if create_time is None else create_time, popen=popen)
 
-    def is_child_of_ours(self, pid: int) -> bool:
-        return self.popen is not None and self.popen.pid == pid
-
     # -- observing ------------------------------------------------------------------------
     def reap(self) -> int | None:
         """Our child's exit code once it has exited (None: running, or not our child)."""
