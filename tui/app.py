@@ -46,6 +46,9 @@ STEADY_PACE = 3.0
 LOG_BUSY_PACE_S = 0.3
 LOG_QUIET_PACE_S = 1.0
 LOG_QUIET_AFTER_S = 5.0
+LOG_FIRST_LINES = 20000
+"""Lines read back when a log is first seen (our own /health polls are then dropped)."""
+LOG_LINES_SHOWN = 3000
 
 
 class PollPace:
@@ -74,14 +77,6 @@ class PollPace:
 def _busy(snapshot: TelemetrySnapshot | None) -> bool:
     """Requests in flight on the server (so its figures move every second)."""
     return snapshot is not None and bool(snapshot.running or snapshot.waiting)
-
-
-def _size(path: Path) -> int:
-    """The file's size, -1 when it cannot be read (a stat is all an idle tail costs)."""
-    try:
-        return path.stat().st_size
-    except OSError:
-        return -1
 
 
 class QtuiApp(App[int]):
@@ -383,39 +378,32 @@ class QtuiApp(App[int]):
 
     @work(thread=True, group="watch-log", exit_on_error=False, description="tail the server log")
     def tail_log(self) -> None:
+        """Follow the log of the server qtui runs (a watched endpoint's is not ours to read)."""
+        from backend.log_follow import LogFollower
         from backend.telemetry_checks import startup_readout
-        from backend.vllm_log import clean_line, is_own_polling, tail_lines
+        from backend.vllm_log import is_own_polling
 
         worker = get_current_worker()
-        current: Path | None = None
-        offset = 0
-        pending = b""
+        follower: LogFollower | None = None
         quiet_since = time.monotonic()
         while self._watching(worker):
-            # A watched endpoint's log is on another machine or another user's disk.
             record = self.supervisor.load_record() if self.endpoint is None else None
-            path = Path(record.log_path) if record else None
-            lines: list[str] = []
-            reset = False
-            readout = None
-            if path != current and path is not None and path.exists():
-                current, reset = path, True
-                lines = [line for line in tail_lines(path, 20000) if not is_own_polling(line)]
-                lines = lines[-3000:]
-                offset, pending = path.stat().st_size, b""
-                readout = startup_readout(path)
-            elif current is not None and _size(current) != offset:
-                with contextlib.suppress(OSError), open(current, "rb") as handle:
-                    handle.seek(offset)
-                    chunk = handle.read(1 << 20)
-                    offset += len(chunk)
-                    pending += chunk
-                    *complete, pending = pending.split(b"\n")
-                    decoded = (clean_line(raw.decode("utf-8", "replace")) for raw in complete)
-                    lines = [line for line in decoded if not is_own_polling(line)]
-            if lines or reset:
-                self.post_message(ServerLogLines(lines, reset=reset, readout=readout))
-                quiet_since = time.monotonic()
+            if record is None:
+                follower = None  # the next server's log (or ours again) starts afresh
+            else:
+                if follower is None:
+                    follower = LogFollower(record.log_path, start_lines=LOG_FIRST_LINES)
+                follower.path = Path(record.log_path)
+                lines = [line for line in follower.read_new() if not is_own_polling(line)]
+                if follower.started_over:
+                    readout = startup_readout(follower.path)
+                    self.post_message(
+                        ServerLogLines(lines[-LOG_LINES_SHOWN:], reset=True, readout=readout)
+                    )
+                elif lines:
+                    self.post_message(ServerLogLines(lines))
+                if lines:
+                    quiet_since = time.monotonic()
             # A log that is being written (a start, a load, a crash) is followed 3x a
             # second; one quiet for a while is looked at once a second.
             quiet = time.monotonic() - quiet_since > LOG_QUIET_AFTER_S
