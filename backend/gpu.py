@@ -212,7 +212,7 @@ def no_gpu_text(reason: str) -> str:
 
 
 class GpuSampler:
-    """Samples NVML and psutil; `sample()` for a caller's worker, `start()` for its own thread.
+    """Samples NVML and psutil when a caller's worker asks (`sample()`).
 
     NVML is opened once; if that fails the sampler reports "no NVIDIA GPU"
     from then on instead of retrying (and failing) every second.
@@ -221,11 +221,9 @@ class GpuSampler:
     def __init__(
         self,
         *,
-        interval_s: float = 1.0,
         pgid: int | None = None,
         nvml: Nvml | None = None,
     ) -> None:
-        self.interval_s = interval_s
         self._nvml = nvml if nvml is not None else Nvml()
         self._opened = False
         self._unavailable: str | None = None
@@ -233,8 +231,6 @@ class GpuSampler:
         self._members: list[psutil.Process] = []
         self._members_at = -MEMBERS_REFRESH_S
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
         psutil.cpu_percent(interval=None)  # primes the counter: the next call has a baseline
 
     def watch(self, pgid: int | None) -> None:
@@ -326,31 +322,7 @@ class GpuSampler:
                 continue
         sample.server_rss = rss
 
-    # -- its own thread (headless use and the benchmark) ------------------
-    def start(self, on_sample: Callable[[GpuSample], None] | None = None) -> None:
-        """Sample every `interval_s` in a daemon thread, handing each sample to `on_sample`."""
-        if self._thread is not None:
-            return
-        self._stop.clear()
-
-        def loop() -> None:
-            while not self._stop.is_set():
-                sample = self.sample()
-                if on_sample is not None:
-                    on_sample(sample)
-                self._stop.wait(self.interval_s)
-
-        self._thread = threading.Thread(target=loop, name="gpu-sampler", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-
     def close(self) -> None:
-        self.stop()
         if self._opened:
             self._nvml.shutdown()
             self._opened = False
@@ -443,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=1)
     parser.add_argument("--interval", type=float, default=1.0)
     args = parser.parse_args(argv)
-    sampler = GpuSampler(interval_s=args.interval, pgid=args.pgid)
+    sampler = GpuSampler(pgid=args.pgid)
     try:
         for number in range(args.count):
             if number:

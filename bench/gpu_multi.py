@@ -160,7 +160,7 @@ def main() -> int:
         stdout=subprocess.PIPE,
         env=env,
     )
-    sampler = GpuSampler(interval_s=1.0)
+    sampler = GpuSampler()
     try:
         assert child.stdout is not None
         ready = child.stdout.readline().decode().strip()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +16,6 @@ import pytest
 from backend.gpu import (
     HOST_PIDS_NOTE,
     UNATTRIBUTED_NOTE,
-    GpuSample,
     GpuSampler,
     Nvml,
     NvmlCallError,
@@ -203,25 +201,6 @@ def test_memory_held_after_stop() -> None:
     assert gpu_memory_held_by([100, 101, 102], nvml=nvml) == {100: 3 * GIB}
     assert nvml.shutdown_calls == 1
     assert gpu_memory_held_by([100], nvml=FakeNvml([], init_error="no driver")) == {}
-
-
-def test_own_thread_delivers_samples_until_stopped() -> None:
-    got: list[GpuSample] = []
-    three = threading.Event()
-
-    def on_sample(sample: GpuSample) -> None:
-        got.append(sample)
-        if len(got) >= 3:
-            three.set()
-
-    sampler = GpuSampler(interval_s=0.02, nvml=FakeNvml([FakeGpu("A", GIB, 2 * GIB)]))
-    sampler.start(on_sample)
-    assert three.wait(5)
-    sampler.close()
-    count = len(got)
-    assert not any(t.name == "gpu-sampler" for t in threading.enumerate())
-    assert len(got) == count
-    assert got[-1].gpus[0].name == "A"
 
 
 def test_two_gpus_every_figure_and_the_server_summed_over_both(

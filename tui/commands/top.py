@@ -90,7 +90,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     if args.interval <= 0:
         raise CommandError("--interval must be positive", exit_code=2)
     scraper, pgid = _target(args)
-    sampler = GpuSampler(interval_s=args.interval, pgid=pgid)
+    sampler = GpuSampler(pgid=pgid)
     shown_warnings: set[str] = set()
     try:
         scraper.scrape()  # the window's first point
