@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from backend.server_state import Phase
-from tui.app import STEADY_AFTER, STEADY_PACE, PollPace
+from tui.app import STEADY_AFTER, STEADY_PACE, STEADY_SAMPLE_EVERY, PollPace
 from tui.widgets.status_bar import format_uptime
 
 
@@ -28,3 +28,18 @@ def test_uptime_shows_seconds_only_in_the_first_minute() -> None:
     assert [format_uptime(s) for s in (None, 0, 59.9, 60, 3599, 3600, 7322)] == [
         "-", "0s", "59s", "1m", "59m", "1h00m", "2h02m",
     ]  # fmt: skip
+
+
+def test_a_steady_server_is_scraped_every_few_polls_until_something_wakes_the_watcher() -> None:
+    pace = PollPace()
+    ready = (Phase.READY, (123, "http://127.0.0.1:8000"))
+    while not pace.steady:
+        assert pace.sample_due  # not yet steady: every poll
+        pace.observe(ready, busy=False)
+    due = []
+    for _ in range(2 * STEADY_SAMPLE_EVERY):
+        due.append(pace.sample_due)
+        pace.observe(ready, busy=False)
+    assert due.count(True) == 2
+    pace.wake()  # a user's action or a new log line
+    assert pace.sample_due and not pace.steady

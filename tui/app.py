@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from backend.gpu import GpuSample
     from backend.metrics import MetricsScraper, TelemetrySnapshot
     from backend.mtp_doctor import Report
+    from backend.server_state import ServerRecord
     from backend.supervisor import ServerSupervisor
 
 CONTROL_GROUP = "server-control"
@@ -43,8 +44,10 @@ STEADY_AFTER = 3
 """Polls with nothing moving before the watcher slows down."""
 STEADY_PACE = 3.0
 """How many times slower than `poll_interval_s` a steady server is polled."""
+STEADY_SAMPLE_EVERY = 3
+"""A steady server's /metrics and GPUs are read on every this many polls (/health on each)."""
 LOG_BUSY_PACE_S = 0.3
-LOG_QUIET_PACE_S = 1.0
+LOG_QUIET_PACE_S = 3.0
 LOG_QUIET_AFTER_S = 5.0
 LOG_FIRST_LINES = 20000
 """Lines read back when a log is first seen (our own /health polls are then dropped)."""
@@ -66,12 +69,31 @@ class PollPace:
         self._still = 0 if busy or state != self._last else self._still + 1
         self._last = state
 
+    def wake(self) -> None:
+        """Something happened (a user's action, new lines in the server's log)."""
+        self._still = 0
+
     @property
     def steady(self) -> bool:
         return self._still >= STEADY_AFTER
 
+    @property
+    def sample_due(self) -> bool:
+        """Scrape /metrics and read the GPUs on this poll? Every poll while anything
+        moves; a steady server's figures do not move: every `STEADY_SAMPLE_EVERY`th."""
+        return not self.steady or self._still % STEADY_SAMPLE_EVERY == 0
+
     def interval(self, quick_s: float) -> float:
         return quick_s * STEADY_PACE if self.steady else quick_s
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a file, None when missing: what tells that it changed."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 def _busy(snapshot: TelemetrySnapshot | None) -> bool:
@@ -135,6 +157,8 @@ class QtuiApp(App[int]):
         self.poll_interval_s = poll_interval_s
         self._stop_polling = threading.Event()
         self._poll_wake = threading.Event()
+        self._poll_steady = False
+        """The watcher has slowed down (written by its thread, read by the log tail)."""
         self._log_wake = threading.Event()
         # Themes first: the stylesheet refers to their variables.
         for theme in QTUI_THEMES:
@@ -298,11 +322,12 @@ class QtuiApp(App[int]):
         self._poll_wake.set()
         self._log_wake.set()
 
-    def _sleep(self, wake: threading.Event, seconds: float) -> None:
+    def _sleep(self, wake: threading.Event, seconds: float) -> bool:
         """One wait, woken early by `poll_soon` or by quitting (never a busy loop of slices:
-        each wake-up of an idle panel costs CPU)."""
-        wake.wait(seconds)
+        each wake-up of an idle panel costs CPU). True when woken early."""
+        woken = wake.wait(seconds)
         wake.clear()
+        return woken
 
     def _watching(self, worker: Worker[None]) -> bool:
         return not worker.is_cancelled and not self._stop_polling.is_set()
@@ -329,6 +354,7 @@ class QtuiApp(App[int]):
         following: tuple[int, str] | None = None
         watcher: EndpointWatcher | None = None
         pace = PollPace()
+        woken = True
         while self._watching(worker):
             endpoint = self.endpoint
             if endpoint is None:
@@ -353,11 +379,17 @@ class QtuiApp(App[int]):
                     scraper = MetricsScraper(endpoint.url)
                 else:
                     scraper = None
-            answering = status.phase is Phase.READY
-            snapshot = scraper.scrape() if scraper is not None and answering else None
-            self.post_message(TelemetrySampled(snapshot, sampler.sample()))
-            pace.observe((status.phase, key), busy=_busy(snapshot))
-            self._sleep(self._poll_wake, pace.interval(self.poll_interval_s))
+            busy = False
+            if pace.sample_due or woken:
+                answering = status.phase is Phase.READY
+                snapshot = scraper.scrape() if scraper is not None and answering else None
+                self.post_message(TelemetrySampled(snapshot, sampler.sample()))
+                busy = _busy(snapshot)
+            pace.observe((status.phase, key), busy=busy)
+            self._poll_steady = pace.steady
+            woken = self._sleep(self._poll_wake, pace.interval(self.poll_interval_s))
+            if woken:
+                pace.wake()
 
     @on(Input.Submitted)
     def _something_sent(self) -> None:
@@ -385,12 +417,21 @@ class QtuiApp(App[int]):
 
         worker = get_current_worker()
         follower: LogFollower | None = None
+        record: ServerRecord | None = None
+        seen: tuple[object, object] | None = None
         quiet_since = time.monotonic()
         while self._watching(worker):
-            record = self.supervisor.load_record() if self.endpoint is None else None
+            # Two stats a turn while nothing changes: the record is re-read when its file
+            # changes, the log when it grows (or is replaced).
+            state = _identity(self.supervisor.state_path) if self.endpoint is None else None
+            if state is None or state != (seen or (None, None))[0]:
+                record = self.supervisor.load_record() if state is not None else None
+            log = _identity(Path(record.log_path)) if record is not None else None
+            changed = (state, log) != seen or follower is None
+            seen = (state, log)
             if record is None:
                 follower = None  # the next server's log (or ours again) starts afresh
-            else:
+            elif changed:
                 if follower is None:
                     follower = LogFollower(record.log_path, start_lines=LOG_FIRST_LINES)
                 follower.path = Path(record.log_path)
@@ -404,8 +445,13 @@ class QtuiApp(App[int]):
                     self.post_message(ServerLogLines(lines))
                 if lines:
                     quiet_since = time.monotonic()
+                    if self._poll_steady:
+                        # Someone else's request (its access line, vLLM's throughput
+                        # line): the watcher looks at once instead of at its slow pace.
+                        self._poll_wake.set()
             # A log that is being written (a start, a load, a crash) is followed 3x a
-            # second; one quiet for a while is looked at once a second.
+            # second; one quiet for a while is looked at every 3 s (a user's action
+            # wakes this at once: see poll_soon).
             quiet = time.monotonic() - quiet_since > LOG_QUIET_AFTER_S
             self._sleep(self._log_wake, LOG_QUIET_PACE_S if quiet else LOG_BUSY_PACE_S)
 
@@ -587,13 +633,12 @@ class QtuiApp(App[int]):
 
     def _remember_profile(self, name: str, profile: ServeProfile) -> None:
         """Keep a user profile's change in the config file (built-ins stay as shipped)."""
-        from backend.config import save_user_config
+        from backend.config import ConfigNotSaved, save_profile
 
         if name in self.settings.profiles:
-            self.settings.profiles[name] = profile
             try:
-                save_user_config(self.settings)
-            except OSError as error:
+                save_profile(self.settings, name, profile)
+            except ConfigNotSaved as error:
                 self.notify(f"Not saved to the config: {error}", severity="warning")
 
     def action_edit_profile(self) -> None:

@@ -13,6 +13,8 @@ from backend.endpoint import NOT_OURS
 from backend.server_state import Phase, ServerStatus
 
 if TYPE_CHECKING:
+    from textual.timer import Timer
+
     from backend.config import ServeProfile
     from backend.endpoint import Endpoint
 
@@ -73,18 +75,31 @@ class ServerStatusBar(Static):
     mtp_note: reactive[str] = reactive("")
     """Why MTP cannot be switched on, or that it needs a patch; empty when fine."""
 
-    def on_mount(self) -> None:
-        # The App passes a status only when it changes; the uptime ticks here, and
-        # repaints only when the words it shows change.
-        self._uptime_shown = ""
-        self.set_interval(1.0, self._tick_uptime)
+    _uptime_shown = ""
+    """The uptime's words on screen now."""
+    _ticker: Timer | None = None
+    """The wake-up for the uptime's next change of words."""
+
+    def watch_status(self) -> None:
+        # The App passes a status only when it changes; the uptime ticks here.
+        self._tick_uptime()
 
     def _tick_uptime(self) -> None:
-        if self.status is not None and self.status.phase.is_up:
-            shown = format_uptime(self.status.uptime_s)
-            if shown != self._uptime_shown:
-                self._uptime_shown = shown
-                self.refresh()
+        """Repaint when the uptime's words change, and wake again just when they next do:
+        every second in the first minute, then once a minute (an idle panel's every
+        wake-up costs CPU)."""
+        if self._ticker is not None:
+            self._ticker.stop()
+            self._ticker = None
+        seconds = self.status.uptime_s if self.status is not None else None
+        if seconds is None:
+            return
+        shown = format_uptime(seconds)
+        if shown != self._uptime_shown:
+            self._uptime_shown = shown
+            self.refresh()
+        wait = 1 - seconds % 1 if seconds < 60 else 60 - seconds % 60
+        self._ticker = self.set_timer(wait + 0.01, self._tick_uptime)
 
     def render(self) -> Content:
         if self.endpoint is not None:
