@@ -751,6 +751,10 @@ class QtuiApp(App[int]):
         self.selected_profile = (name, self.settings.all_profiles()[name])
         self.notify(f"Profile {name} selected: s starts it")
 
+    def restart_with(self, name: str, profile: ServeProfile) -> None:
+        """Restart the server with `profile` (the profile editor's Apply)."""
+        self._run_control("restart", (name, profile))
+
     @work(thread=True, group=CONTROL_GROUP, exit_on_error=False, description="server control")
     def _run_control(self, action: str, chosen: tuple[str, ServeProfile] | None) -> str:
         self.poll_soon()  # the watcher follows the start or stop at its quick pace

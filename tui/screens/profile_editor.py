@@ -10,21 +10,18 @@ worker). Built-in profiles are read-only; "save as" makes a user copy.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.content import Content
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Static
-from textual.worker import get_current_worker
 
 from backend.config import (
     BUILTIN_PROFILES,
@@ -103,16 +100,6 @@ class ProfileEditorScreen(Screen[None]):
                 tooltip="Close the editor (asks once if there are unsaved changes)"),
     ]  # fmt: skip
 
-    class RunningChecked(Message):
-        """What the server is doing now, for the diff (posted from the watcher)."""
-
-        def __init__(self, status: ServerStatus) -> None:
-            super().__init__()
-            self.status = status
-
-        def can_replace(self, message: Message) -> bool:
-            return isinstance(message, ProfileEditorScreen.RunningChecked)
-
     def __init__(self, profile_name: str) -> None:
         super().__init__()
         self.profile_name = profile_name
@@ -120,7 +107,6 @@ class ProfileEditorScreen(Screen[None]):
         """The profile as stored; the form is dirty when it reads differently."""
         self.running: ServerStatus | None = None
         self._close_armed = False
-        self._stop_watching = threading.Event()
         self._last_command = ""
 
     @property
@@ -172,10 +158,8 @@ class ProfileEditorScreen(Screen[None]):
         self.query_one("#editor-side").border_title = "vllm serve"
         self._show_title()
         self.fit_box.request(self.saved, now=True)
-        self.watch_running()
-
-    def on_unmount(self) -> None:
-        self._stop_watching.set()
+        # The App's one watcher polls the server; the diff follows what it found.
+        self.watch(self.app, "server_status", self._running_now, init=True)
 
     def on_resize(self) -> None:
         self._apply_width(self.size.width)
@@ -222,17 +206,8 @@ class ProfileEditorScreen(Screen[None]):
             check.update(Content("\n".join(lines)))
         check.set_class(bool(preview.refusal), "-error")
 
-    @work(thread=True, exclusive=True, group="profile-editor-running", exit_on_error=False,
-          description="watch the running server for the diff")  # fmt: skip
-    def watch_running(self) -> None:
-        worker = get_current_worker()
-        while not worker.is_cancelled and not self._stop_watching.is_set():
-            self.post_message(self.RunningChecked(self.qtui.supervisor.status()))
-            self._stop_watching.wait(self.qtui.poll_interval_s)
-
-    @on(RunningChecked)
-    def _running_checked(self, message: RunningChecked) -> None:
-        self.running = message.status
+    def _running_now(self, status: ServerStatus | None) -> None:
+        self.running = status
         self._show_diff()
 
     def _show_diff(self) -> None:
@@ -372,7 +347,7 @@ class ProfileEditorScreen(Screen[None]):
         status = self.running or self.qtui.supervisor.status()
         if status.phase.is_up:
             self.notify(f"Restarting the server with {name}…")
-            self.qtui._run_control("restart", (name, profile))
+            self.qtui.restart_with(name, profile)
         else:
             self.notify(f"The server is not running; {name} is selected: s starts it")
 
@@ -384,5 +359,4 @@ class ProfileEditorScreen(Screen[None]):
                 severity="warning",
             )
             return
-        self._stop_watching.set()
         self.dismiss()
