@@ -102,14 +102,16 @@ async def test_fit_box_follows_max_model_len_and_budget_edits(
         before = box_text(app)
 
         await type_into(pilot, form.control_for("max_model_len"), "1024")
-        await settled(app, pilot, form)
+        box = await settled(app, pilot, form)
         longer = predicted(profile.model_copy(update={"max_model_len": 1024}))
         assert f"{longer.chosen.kv_tokens:,} KV tokens" in box_text(app)
         assert "at 1,024" in box_text(app) and box_text(app) != before
-        # The first prediction is the profile's, and the edit's was made. How many ran in
-        # between, and in which order they finished, depends on how fast the keys came (the
-        # debounce) and the threads: the box shows only the newest request's (asserted above).
-        assert runs[0] == "2048" and "1024" in runs, runs
+        # The first prediction is the profile's, and the figures shown are the edit's. How
+        # many ran in between, and in which order they finished, depends on how fast the keys
+        # came (the debounce) and the threads; on a loaded machine the hook's list was seen
+        # short of the last run while the box already showed it, so the box is what is asserted.
+        assert runs[0] == "2048", runs
+        assert box.shown is not None and box.shown.max_model_len == 1024
 
         budget = 64 * MIB
         await type_into(pilot, form.control_for("kv_cache_memory_bytes"), str(budget))
