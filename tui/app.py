@@ -223,7 +223,7 @@ class QtuiApp(App[int]):
         if self.booted:
             self._start_watching()
         else:
-            # A short wait more: the footer fills in a refresh or two later.
+            # A short wait more: the first frame's layout settles a refresh later.
             self.call_after_refresh(self.set_timer, 0.1, self.boot)
 
     @work(thread=True, group="boot", exit_on_error=False, description="read the config")

@@ -13,11 +13,12 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
-from textual.widgets import ContentSwitcher, Footer, Input, Static
+from textual.widgets import ContentSwitcher, Input, Static
 
 from backend.endpoint import NOT_OURS
 from backend.server_state import Phase, ServerStatus
 from tui.messages import ServerLogLines
+from tui.widgets.key_bar import KeyBar
 from tui.widgets.log_view import LogDoctor, ServerLogView
 from tui.widgets.status_bar import ServerStatusBar
 from tui.widgets.tab_strip import TabStrip
@@ -127,7 +128,7 @@ class ServerScreen(Screen[None]):
                 yield ServerLogView(id="log-view")
             yield Vertical(id="tab-chat")
             yield Vertical(id="tab-telemetry")
-        yield Footer()
+        yield KeyBar()
 
     def on_mount(self) -> None:
         self._apply_width(self.size.width)
