@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical, VerticalScroll
 from textual.content import Content
-from textual.screen import ModalScreen
+from textual.screen import Screen
 from textual.widgets import Label, Static
 
 KEY_NAMES = {"question_mark": "?", "slash": "/", "escape": "esc"}
@@ -77,9 +77,9 @@ class KeyList(Static):
             self.update(key_list(self.rows, width))
 
 
-class HelpScreen(ModalScreen[None]):
+class HelpScreen(Screen[None]):
     BINDINGS = [
-        Binding("escape,q,question_mark", "dismiss", "Close", id="close_help",
+        Binding("escape,q,question_mark,f1", "dismiss", "Close", id="close_help",
                 tooltip="Close the key list"),
     ]  # fmt: skip
 
