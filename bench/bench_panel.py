@@ -12,10 +12,12 @@ the other in the same run so they share the machine's load. Three situations:
 - server frozen: the same server stopped with SIGSTOP (a GPU hang or a deadlock
   looks the same from outside: the port accepts, nothing answers).
 
-Figures: first frame = spawn to the footer's "palette" on screen;
+Figures: first frame = spawn to the key bar's "palette" on screen;
 idle CPU = the app's own user+system time over `--idle-s` after a 4 s settle,
-as % of one core; key latency = writing `?` to the key list's first words on
-screen. Targets (issue 10): first frame <= 1.25x the bare app, idle <= 1 %,
+as % of one core, with the telemetry on screen (beside the log from 120
+columns; below that qtui is shown its Telemetry tab with `t` first);
+key latency = writing `?` to the key list's first words on screen.
+Targets (issue 10): first frame <= 1.25x the bare app, idle <= 1 %,
 a key <= 50 ms while /health hangs. The run ends with the server stopped.
 """
 
@@ -46,6 +48,9 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 FRAME_MARKER = "palette"
 HELP_MARKER = "remap any by its id"
+TELEMETRY_MARKER = "tok/s"
+WIDE_COLUMNS = 120
+"""From here qtui shows the telemetry beside the log (tui/screens/server.py)."""
 SETTLE_S = 4.0
 PACKAGES = ("backend", "tui", "themes")
 
@@ -171,7 +176,14 @@ class Figures:
 
 
 def measure_once(
-    argv: list[str], cols: int, rows: int, env: dict[str, str], idle_s: float, into: Figures
+    argv: list[str],
+    cols: int,
+    rows: int,
+    env: dict[str, str],
+    idle_s: float,
+    into: Figures,
+    *,
+    show_telemetry: bool = False,
 ) -> None:
     app = PtyApp(argv, cols, rows, env)
     try:
@@ -180,6 +192,10 @@ def measure_once(
             tail = app.tail.decode("utf-8", "replace")
             raise SystemExit(f"{argv[-1]} showed no frame in 60 s; its output ends: {tail!r}")
         into.first_frame_s.append(frame - app.spawned)
+        if show_telemetry and cols < WIDE_COLUMNS:
+            os.write(app.master, b"t")
+        if show_telemetry and app.wait_for(TELEMETRY_MARKER, timeout_s=10) is None:
+            raise SystemExit(f"{argv[-1]} showed no telemetry at {cols}x{rows}")
         time.sleep(SETTLE_S)
         if idle_s > 0:
             before, start = app.cpu_seconds(), time.monotonic()
@@ -246,7 +262,10 @@ def main() -> int:
             for _ in range(options.runs):
                 for name, argv in apps.items():
                     figures = results.setdefault((situation, f"{cols}x{rows}", name), Figures())
-                    measure_once(argv, cols, rows, env, idle_s, figures)
+                    show_telemetry = name == "qtui" and situation == "server ready"
+                    measure_once(
+                        argv, cols, rows, env, idle_s, figures, show_telemetry=show_telemetry
+                    )
 
     run_situation("no server", 0.0)
     qtui("serve", "start", "tiny-cpu", env=env)

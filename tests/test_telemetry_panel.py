@@ -108,6 +108,24 @@ async def test_no_gpu_spec_off_and_sparkline_history() -> None:
         ]
 
 
+async def test_one_sample_is_drawn_as_the_empty_baseline_not_a_full_bar() -> None:
+    # Textual draws a one-value Sparkline as full blocks: an idle server's first
+    # zero would look like the fastest it has been.
+    app = PanelHost()
+    async with app.run_test(size=(80, 24)) as pilot:
+        panel = app.query_one(TelemetryPanel)
+        scraper = MetricsScraper("http://127.0.0.1:9")
+        scraper.ingest(page(gen=0), at=0.0)
+        snap = scraper.ingest(page(gen=0), at=1.0)
+        assert snap.generation_tps_history == [0.0]
+        panel.update_snapshot(snap, GpuSample(at=0.0, no_gpu_reason="no NVML here"))
+        await pilot.pause()
+        spark = panel.query_one("#telemetry-tps-spark", Sparkline)
+        assert list(spark.data or []) == []
+        drawn = spark.render_lines(spark.region.reset_offset)
+        assert "█" not in "".join(strip.text for strip in drawn)
+
+
 async def test_stale_keeps_last_figures_greyed_and_says_why() -> None:
     app = PanelHost()
     async with app.run_test(size=(80, 24)) as pilot:

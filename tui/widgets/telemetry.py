@@ -238,6 +238,10 @@ class TelemetryPanel(Vertical):
 
     def _spark(self, selector: str, history: list[float]) -> None:
         # An idle server adds a zero each poll: a line that stays flat draws the same.
+        # Textual draws a single value as a full block (a server that has served
+        # nothing would look flat out): one sample shows as the empty baseline.
+        if len(history) < 2:
+            history = []
         sparkline = self.query_one(selector, Sparkline)
         shown = list(sparkline.data or [])
         if history != shown and not (_flat(history) and _flat(shown) and history[:1] == shown[:1]):
