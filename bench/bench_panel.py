@@ -30,6 +30,7 @@ import contextlib
 import fcntl
 import os
 import re
+import shlex
 import signal
 import statistics
 import struct
@@ -217,8 +218,8 @@ def spread(values: list[float], unit: str, digits: int) -> str:
     return f"{median:.{digits}f}{unit} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
-def qtui(*args: str, env: dict[str, str]) -> None:
-    subprocess.run([str(BIN / "qtui"), *args], env=env, check=True)
+def qtui(argv: list[str], *args: str, env: dict[str, str]) -> None:
+    subprocess.run([*argv, *args], env=env, check=True)
 
 
 def main() -> int:
@@ -227,7 +228,15 @@ def main() -> int:
     parser.add_argument("--sizes", default="80x24,160x50")
     parser.add_argument("--idle-s", type=float, default=10.0)
     parser.add_argument("--port", type=int, default=8612)
+    parser.add_argument(
+        "--config", type=Path, help="an existing config to use (default: one made with `qtui init`)"
+    )
+    parser.add_argument("--profile", default="tiny-cpu", help="the profile the server runs")
+    parser.add_argument(
+        "--qtui", default=str(BIN / "qtui"), help="how qtui starts (GPU lane: python3 -m tui)"
+    )
     options = parser.parse_args()
+    qtui_argv = shlex.split(options.qtui)
     sizes = [tuple(int(n) for n in size.split("x")) for size in options.sizes.split(",")]
 
     # Bytecode as an installed package has it (pip compiles at install): an editable
@@ -239,19 +248,20 @@ def main() -> int:
     env = {
         **os.environ,
         "TERM": "xterm-256color",
-        "QTUI_CONFIG": str(home / "config.toml"),
+        "QTUI_CONFIG": str(options.config or home / "config.toml"),
         "QTUI_STATE_DIR": str(home / "state"),
         "QTUI_DATA_DIR": str(home / "data"),
     }
-    engine = os.environ.get("QTUI_VLLM") or str(REPO / ".venv-vllm" / "bin" / "vllm")
-    model = REPO / ".models" / "tiny"
-    if not (model / "config.json").exists():
-        qtui("tiny-model", str(model), env=env)
-    qtui("init", "--engine", engine, "--cpu-model", str(model), "--port", str(options.port),
-         env=env)  # fmt: skip
+    if options.config is None:
+        engine = os.environ.get("QTUI_VLLM") or str(REPO / ".venv-vllm" / "bin" / "vllm")
+        model = REPO / ".models" / "tiny"
+        if not (model / "config.json").exists():
+            qtui(qtui_argv, "tiny-model", str(model), env=env)
+        qtui(qtui_argv, "init", "--engine", engine, "--cpu-model", str(model),
+             "--port", str(options.port), env=env)  # fmt: skip
     apps = {
         "bare Textual": [sys.executable, str(REPO / "bench" / "bare_textual_app.py")],
-        "qtui": [str(BIN / "qtui")],
+        "qtui": qtui_argv,
     }
     load = os.getloadavg()
     print(f"machine: {os.cpu_count()} CPUs, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
@@ -268,7 +278,7 @@ def main() -> int:
                     )
 
     run_situation("no server", 0.0)
-    qtui("serve", "start", "tiny-cpu", env=env)
+    qtui(qtui_argv, "serve", "start", options.profile, env=env)
     try:
         run_situation("server ready", options.idle_s)
         record = psutil.Process(_server_pid(home))
@@ -278,7 +288,7 @@ def main() -> int:
         finally:
             os.killpg(record.pid, signal.SIGCONT)
     finally:
-        qtui("serve", "stop", env=env)
+        qtui(qtui_argv, "serve", "stop", env=env)
 
     print(f"{'situation':<14} {'size':<7} {'app':<13} {'first frame':<22} {'idle CPU':<20} key")
     for (situation, size, name), figures in results.items():

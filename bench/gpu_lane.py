@@ -8,7 +8,9 @@ README's "GPU lane" section), from the repo root:
 
 `--part serve` serves the tiny Qwen3.5 with MTP through qtui (cold start, chat,
 `serve status --json`, `m` off and on, panel screenshots at 80x24 and 160x50,
-stop and the GPU memory freed); `--part checks` serves a random MTP head (the
+stop and the GPU memory freed); `--part panel` runs bench/bench_panel.py there
+(first frame, idle CPU with NVML sampled for real, key latency; the server on
+CUDA); `--part checks` serves a random MTP head (the
 alarm) and a packed mtp.fc (refused, patched, drafting). Everything goes through
 qtui's own CLI and panel, as a user would. Results: OUT/gpu_lane.json (written
 after every step, so a cut-off run keeps what it measured), OUT/*.svg, OUT/logs/.
@@ -184,6 +186,24 @@ class Lane:
              "gpu_after": self.gpu_now()},
         )  # fmt: skip
 
+    def part_panel(self, models: dict[str, Path]) -> None:
+        """bench/bench_panel.py on this machine: first frame, idle CPU (NVML sampled for
+        real) and key latency beside a bare Textual app, with the tiny model on CUDA."""
+        self.write_config(models["good"])
+        command = [
+            sys.executable, str(REPO / "bench" / "bench_panel.py"), "--runs", "2",
+            "--config", os.environ["QTUI_CONFIG"], "--profile", "gpu-mtp",
+            "--qtui", f"{sys.executable} -m tui",
+        ]  # fmt: skip
+        started = time.monotonic()
+        done = subprocess.run(command, capture_output=True, text=True, timeout=560)
+        (self.out / "logs" / "bench_panel.txt").write_text(done.stdout + done.stderr)
+        self.step(
+            "panel_bench",
+            {"rc": done.returncode, "seconds": round(time.monotonic() - started, 1),
+             "figures": done.stdout[-3000:], "stderr": done.stderr[-1500:]},
+        )  # fmt: skip
+
     def part_cold(self, models: dict[str, Path]) -> None:
         """Only a first start, watched from the panel: the loading stages it shows."""
         self.write_config(models["good"])
@@ -266,7 +286,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "/tmp/lane-out")))
     parser.add_argument("--work", type=Path, default=Path("/tmp/qtui-lane"))
-    parser.add_argument("--part", choices=("serve", "checks", "cold", "all"), default="all")
+    parser.add_argument(
+        "--part", choices=("serve", "checks", "cold", "panel", "all"), default="all"
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     lane = Lane(args.out, args.work)
@@ -275,6 +297,8 @@ def main() -> int:
         models = lane.build_models()
         if args.part == "cold":
             lane.part_cold(models)
+        if args.part == "panel":
+            lane.part_panel(models)
         if args.part in ("serve", "all"):
             lane.part_serve(models)
         if args.part in ("checks", "all"):
