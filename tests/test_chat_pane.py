@@ -95,23 +95,47 @@ def stats_text(app: App[Any]) -> str:
     return str(list(app.query(ReplyTurn))[-1].query_one(".reply-stats", Static).render())
 
 
-async def test_send_by_keys_stream_then_stop_with_escape(vllm_server: RunningServer) -> None:
+def freeze_server_at_first_token(monkeypatch: pytest.MonkeyPatch, pgid: int) -> list[str]:
+    """SIGSTOP the server's group when the pane takes in the reply's first text.
+
+    Waiting for text on the screen is too late: it is drawn 10 times a second, and on a
+    busy machine the tiny model can stream its whole reply into the socket before the
+    test looks. Freezing at the first chunk leaves the rest of the reply unwritten.
+    Returns the chunks taken in, so the test can see the freeze happened.
+    """
+    taken: list[str] = []
+    add_content = ReplyTurn.add_content
+
+    def add_content_then_freeze(turn: ReplyTurn, text: str) -> None:
+        if not taken:
+            os.killpg(pgid, signal.SIGSTOP)
+        taken.append(text)
+        add_content(turn, text)
+
+    monkeypatch.setattr(ReplyTurn, "add_content", add_content_then_freeze)
+    return taken
+
+
+async def test_send_by_keys_stream_then_stop_with_escape(
+    vllm_server: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = Host(ChatPane(vllm_server.url))
+    record = vllm_server.supervisor.status().record
+    assert record is not None
     async with app.run_test(size=SIZE) as pilot:
         pane = app.pane
         await pilot.press(*"/max 480", "enter", *"/temp 0.9", "enter", *"/ignore_eos on", "enter")
-        # Keys go in as the terminal driver sends them: pilot.press would wait for
-        # the busy (streaming) app to go idle, up to seconds, and the tiny model
-        # can finish its reply meanwhile.
-        await type_keys(pilot, *"Tell me a long story", "enter")
-        await until(pilot, lambda: len(reply_text(app)) > 0 or bool(app.finished))
-        assert not app.finished, f"the reply ended before Esc: {app.finished[0].message}"
         # Freeze the server mid-reply: on a fast machine the tiny model finishes 480
         # tokens before a busy app reads the Esc key, so a live stream must be held open.
-        record = vllm_server.supervisor.status().record
-        assert record is not None
-        os.killpg(record.pgid, signal.SIGSTOP)
+        taken = freeze_server_at_first_token(monkeypatch, record.pgid)
         try:
+            # Keys go in as the terminal driver sends them: pilot.press would wait for
+            # the busy (streaming) app to go idle, up to seconds, and the tiny model
+            # can finish its reply meanwhile.
+            await type_keys(pilot, *"Tell me a long story", "enter")
+            await until(pilot, lambda: len(reply_text(app)) > 0 or bool(app.finished))
+            assert taken, "the server was frozen at the reply's first text"
+            assert not app.finished, f"the reply ended before Esc: {app.finished[0].message}"
             # Typing stays live while the reply streams.
             await type_keys(pilot, *"next")
             assert app.query_one(Input).value == "next"
@@ -158,7 +182,7 @@ async def test_escape_when_idle_reaches_the_screen() -> None:
 
 @pytest.mark.slow
 async def test_server_killed_mid_reply_keeps_the_partial_reply(
-    engine: Engine, tiny_model: Path, tmp_path: Path
+    engine: Engine, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A long context so the reply streams for seconds: the kill must land mid-reply.
     profile = cpu_profile(str(tiny_model), port=free_port()).model_copy(
@@ -172,8 +196,14 @@ async def test_server_killed_mid_reply_keeps_the_partial_reply(
         async with app.run_test(size=SIZE) as pilot:
             # ignore_eos: a random-weight model may emit its end token at any step.
             await pilot.press(*"/max 2000", "enter", *"/ignore_eos on", "enter")
-            await pilot.press(*"Keep talking", "enter")
-            await until(pilot, lambda: len(reply_text(app)) > 0)
+            # Frozen at the first text, so the kill lands mid-reply however busy the
+            # machine is; keys typed as the terminal sends them (pilot.press would wait
+            # for the streaming app to go idle).
+            taken = freeze_server_at_first_token(monkeypatch, status.record.pgid)
+            await type_keys(pilot, *"Keep talking", "enter")
+            await until(pilot, lambda: len(reply_text(app)) > 0 or bool(app.finished))
+            assert taken, "the server was frozen at the reply's first text"
+            assert not app.finished, f"the reply ended before the kill: {app.finished[0].message}"
             os.killpg(status.record.pgid, signal.SIGKILL)
             await until(pilot, lambda: bool(app.finished))
             worker_states = [worker.state for worker in app.pane.workers]
