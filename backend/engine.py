@@ -127,6 +127,10 @@ class EngineFacts:
     DeltaNet prefill must be told to use Triton, or vLLM tries FlashInfer's JIT kernel."""
     knows_gdn_prefill_backend: bool = False
     """The installed vLLM takes --gdn-prefill-backend."""
+    hybrid_prefix_caching_default: bool = True
+    """Prefix caching is on by default for hybrid (Gated DeltaNet, Mamba) models. vLLM 0.32
+    turns it on ("align" mode: 2 + draft state blocks a request); 0.26 leaves it off unless
+    asked (1 + draft), which the KV-cache arithmetic must follow."""
 
     @property
     def is_cpu_build(self) -> bool:
@@ -154,6 +158,8 @@ def engine_facts(engine: Engine) -> EngineFacts:
         read_from_install=bool(dtypes),
         has_flashinfer=_package_dir(engine.python, "flashinfer") is not None,
         knows_gdn_prefill_backend="gdn_prefill_backend" in arg_source,
+        # 0.26: `default_prefix_caching = (... and not model_config.is_hybrid)`.
+        hybrid_prefix_caching_default="not model_config.is_hybrid" not in arg_source,
     )
 
 

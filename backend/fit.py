@@ -14,7 +14,8 @@ sizing (v1/core/kv_cache_utils.py, platforms/interface.py, v1/kv_cache_interface
   smaller kind's count, or the larger one's when they are within 1.5x), and a
   block spans one page of each layer of a group. Each request takes
   ceil(len / block_size) blocks per attention group and 1 + draft tokens blocks
-  (2 + draft tokens with prefix caching, "align" mode) per state group.
+  (2 + draft tokens with prefix caching, "align" mode) per state group. Prefix caching
+  is on by default for these models in vLLM 0.32, off in 0.26 (EngineFacts).
 - The MTP drafter's attention layer joins the full-attention layers.
 - vLLM logs `KV cache size: int(num_blocks / blocks_per_request x max_model_len)`
   and refuses to start unless one max_model_len request fits beside the null block.
@@ -434,9 +435,17 @@ def predict_fit_from(
     gpu_free_bytes: int | None = None,
     ssm_state_float32: bool = False,
     margin_bytes: int | None = None,
+    hybrid_prefix_caching_default: bool = True,
 ) -> FitReport:
-    """The prediction from shapes and weight sizes (no files): what predict_fit computes."""
+    """The prediction from shapes and weight sizes (no files): what predict_fit computes.
+
+    `hybrid_prefix_caching_default`: what the installed vLLM does for a hybrid model when
+    the profile leaves prefix caching unset (EngineFacts says which).
+    """
     p = profile
+    prefix_caching = p.enable_prefix_caching
+    if prefix_caching is None:
+        prefix_caching = hybrid_prefix_caching_default or not shape.is_hybrid
     tp = p.tensor_parallel_size
     model_bytes = model_dtype_bytes(p.dtype, shape.config_dtype)
     mtp_on = p.speculative.method == "mtp"
@@ -473,7 +482,7 @@ def predict_fit_from(
             platform=platform,
             draft_tokens=draft_tokens,
             mtp_layers=mtp_layers,
-            prefix_caching=p.enable_prefix_caching is not False,
+            prefix_caching=prefix_caching,
             tensor_parallel_size=tp,
             ssm_state_float32=ssm_state_float32 and platform == "cpu",
         )
@@ -671,6 +680,7 @@ def predict_fit(
     gpu_free_bytes: int | None = None,
     margin_bytes: int | None = None,
     ssm_state_float32: bool | None = None,
+    hybrid_prefix_caching_default: bool = True,
 ) -> FitReport:
     """Read the local checkpoint's config.json and safetensors headers, and predict.
 
@@ -693,6 +703,7 @@ def predict_fit(
         gpu_free_bytes=gpu_free_bytes,
         ssm_state_float32=ssm_state_float32,
         margin_bytes=margin_bytes,
+        hybrid_prefix_caching_default=hybrid_prefix_caching_default,
     )
 
 
@@ -705,6 +716,8 @@ class FitTarget:
     """What the installed vLLM accepts (the report's other rows)."""
     gpu_total_bytes: int | None = None
     gpu_free_bytes: int | None = None
+    hybrid_prefix_caching_default: bool = True
+    """The installed vLLM's default for hybrid models (EngineFacts)."""
 
     def predict(self, profile: ServeProfile) -> FitReport:
         return predict_fit(
@@ -713,22 +726,25 @@ class FitTarget:
             kv_dtypes=self.kv_dtypes,
             gpu_total_bytes=self.gpu_total_bytes,
             gpu_free_bytes=self.gpu_free_bytes,
+            hybrid_prefix_caching_default=self.hybrid_prefix_caching_default,
         )
 
 
-def local_target(engine: Engine | None) -> FitTarget:
-    """This machine with `engine`: a CPU build plans for CPU, else the GPU NVML sees.
+def local_target(engine: Engine | None, gpus: list[int] | None = None) -> FitTarget:
+    """This machine with `engine`: a CPU build plans for CPU, else the GPUs NVML sees
+    (`gpus`: those chosen, else all).
 
     Runs a subprocess the first time an engine is asked about, and NVML: call it from
     a worker."""
     facts = engine_facts(engine) if engine is not None else None
     dtypes = facts.kv_cache_dtypes if facts is not None else EXACT_KV_DTYPES
+    hybrid_caching = facts.hybrid_prefix_caching_default if facts is not None else True
     if engine is not None and engine_platform(engine) == "cpu":
-        return FitTarget("cpu", dtypes)
-    memory = gpu_memory()
-    if memory is not None:
-        return FitTarget("cuda", dtypes, gpu_total_bytes=memory[1], gpu_free_bytes=memory[0])
-    return FitTarget("cuda" if engine is not None else "cpu", dtypes)
+        return FitTarget("cpu", dtypes, hybrid_prefix_caching_default=hybrid_caching)
+    memory = gpu_memory(gpus)
+    platform: Platform = "cuda" if engine is not None or memory is not None else "cpu"
+    total, free = (memory[1], memory[0]) if memory is not None else (None, None)
+    return FitTarget(platform, dtypes, total, free, hybrid_caching)
 
 
 # -- the check against what vLLM allocated -------------------------------------

@@ -120,15 +120,10 @@ def check_fits(profile: ServeProfile, engine: Engine) -> None:
     GPU budget that falls short even with no margin held back. Anything qtui cannot
     size (a packed KV dtype, an odd checkpoint) is left for vLLM to judge.
     """
-    from backend.fit import FitError, engine_platform, gpu_memory, predict_fit, refusal
+    from backend.fit import FitError, local_target, refusal
 
-    platform = engine_platform(engine)
-    total = None
-    if platform == "cuda" and profile.kv_cache_memory_bytes is None:
-        memory = gpu_memory(profile.gpu_indices())
-        total = memory[1] if memory else None
     try:
-        report = predict_fit(profile, platform=platform, gpu_total_bytes=total)
+        report = local_target(engine, profile.gpu_indices()).predict(profile)
     except FitError:
         return
     message = refusal(report)

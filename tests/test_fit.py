@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from backend.config import MODEL_CARD_PROFILE, ServeProfile, cpu_profile, mtp_cpu_profile
+from backend.config import (
+    MODEL_CARD_PROFILE,
+    ServeProfile,
+    SpeculativeSettings,
+    cpu_profile,
+    mtp_cpu_profile,
+)
 from backend.engine import Engine
 from backend.fit import (
     GIB,
@@ -280,6 +286,42 @@ def test_prediction_matches_vllm_cpu_for_tiny_qwen35_with_mtp(
     assert abs(chosen.kv_tokens - logged) <= chosen.block_size, (chosen, logged)
     print(f"\ntiny Qwen3.5+MTP: predicted {chosen.kv_tokens}, vLLM logged {logged} "
           f"(block {chosen.block_size})")  # fmt: skip
+
+
+def test_cuda_figures_of_the_h200_run_follow_the_engines_prefix_caching_default(
+    tiny_qwen35: Path,
+) -> None:
+    """Measured on the lent H200 (vLLM 0.26.0, bench/gpu_lane.py's profile): vLLM logged
+    20.64 GiB of KV cache and 19,241,344 tokens. 0.26 leaves prefix caching off for a
+    hybrid model, so a request takes 1 + 1 draft state block, not the 2 + 1 of 0.32's
+    "align" mode; sizing with 0.32's default came out 3.1 % short."""
+    profile = ServeProfile(
+        model=str(tiny_qwen35), max_model_len=2048, gpu_memory_utilization=0.15,
+        language_model_only=True, enforce_eager=True,
+        speculative=SpeculativeSettings(method="mtp", toggle_method="mtp"),
+    )  # fmt: skip
+    readout = StartupReadout(kv_cache_gib=20.64, kv_cache_tokens=19_241_344)
+    h200 = int(140.40 * GIB)
+    as_026 = predict_fit(
+        profile, platform="cuda", gpu_total_bytes=h200, hybrid_prefix_caching_default=False
+    )
+    assert as_026.chosen.block_size == 144 and as_026.chosen.blocks_per_request == 15 * 2 + 2
+    note = compare_with_readout(as_026, readout)
+    assert note is not None and note.startswith(
+        "vLLM allocated 19,241,344 KV tokens in 20.64 GiB, as qtui's arithmetic gives ✓"
+    ), note
+    as_032 = predict_fit(profile, platform="cuda", gpu_total_bytes=h200)
+    assert as_032.chosen.blocks_per_request == 15 * 2 + 3
+    note = compare_with_readout(as_032, readout)
+    assert note is not None and "qtui's arithmetic gives 18,654,859" in note, note
+    # Asked for in the profile, prefix caching is on whatever the default.
+    asked = profile.model_copy(update={"enable_prefix_caching": True})
+    assert (
+        predict_fit(
+            asked, platform="cuda", gpu_total_bytes=h200, hybrid_prefix_caching_default=False
+        ).chosen.blocks_per_request
+        == 15 * 2 + 3
+    )
 
 
 # -- the check against what vLLM allocated -------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,32 @@ def test_kv_dtypes_are_read_from_the_installed_vllm(engine: Engine) -> None:
     facts = engine_facts(engine)
     assert facts.read_from_install
     assert "fp8" in facts.kv_cache_dtypes and "turboquant_4bit_nc" in facts.kv_cache_dtypes
+    # vLLM 0.32 turns prefix caching on for hybrid models unless told otherwise.
+    assert facts.version and facts.version.startswith("0.32")
+    assert facts.hybrid_prefix_caching_default
+
+
+def test_facts_follow_an_install_that_leaves_hybrid_prefix_caching_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lines of vLLM 0.26.0 (the GPU lane's) that the facts are read from."""
+    package = tmp_path / "site" / "vllm"
+    (package / "engine").mkdir(parents=True)
+    (package / "config").mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "_version.py").write_text('__version__ = version = "0.26.0"\n')
+    (package / "config" / "cache.py").write_text('CacheDType = Literal["auto", "fp8"]\n')
+    (package / "engine" / "arg_utils.py").write_text(
+        "default_prefix_caching = (\n"
+        "    model_config.is_prefix_caching_supported and not model_config.is_hybrid\n"
+        ")\n"
+    )
+    python = tmp_path / "python"  # its own path: the package lookup is cached per Python
+    python.symlink_to(sys.executable)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "site"))
+    facts = engine_facts(Engine((str(python), "-m", "vllm"), str(python)))
+    assert (facts.version, facts.kv_cache_dtypes) == ("0.26.0", ("auto", "fp8"))
+    assert not facts.hybrid_prefix_caching_default
 
 
 def test_fork_kv_dtype_maps_to_upstream_name_and_says_so() -> None:

@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from typing import Any
 
 from backend.config import ConfigError, ServeProfile, resolve_profile
-from backend.engine import engine_facts
 from backend.fit import (
-    EXACT_KV_DTYPES,
     GIB,
     DtypeFit,
     FitError,
     FitReport,
-    Platform,
-    engine_platform,
-    gpu_memory,
+    FitTarget,
     human_bytes,
-    predict_fit,
+    local_target,
 )
 from tui.cli import CommandError
 from tui.commands.common import engine_or_none, settings
@@ -85,34 +82,19 @@ def _profile(args: argparse.Namespace) -> ServeProfile:
         raise CommandError(f"fit: {str(error).splitlines()[0]}", exit_code=2) from None
 
 
-def _where(
-    args: argparse.Namespace, gpus: list[int] | None = None
-) -> tuple[Platform, tuple[str, ...] | None, int | None, int | None]:
-    """(platform, accepted KV dtypes, GPU free, GPU total) for this machine or the one asked."""
-    engine = engine_or_none(settings())
-    facts = engine_facts(engine) if engine else None
-    dtypes = facts.kv_cache_dtypes if facts else None
+def _where(args: argparse.Namespace, gpus: list[int] | None = None) -> FitTarget:
+    """This machine (its engine and the GPUs chosen), or a GPU of the size asked."""
+    target = local_target(engine_or_none(settings()), gpus)
     if args.gpu_memory_gib:
-        return "cuda", dtypes, None, int(args.gpu_memory_gib * GIB)
-    if engine is not None and engine_platform(engine) == "cpu":
-        return "cpu", dtypes, None, None
-    memory = gpu_memory(gpus)
-    if memory is not None:
-        return "cuda", dtypes, memory[0], memory[1]
-    return ("cuda" if facts is not None else "cpu"), dtypes, None, None
+        total = int(args.gpu_memory_gib * GIB)
+        return replace(target, platform="cuda", gpu_total_bytes=total, gpu_free_bytes=None)
+    return target
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
     profile = _profile(args)
-    platform, dtypes, free, total = _where(args, profile.gpu_indices())
     try:
-        report = predict_fit(
-            profile,
-            platform=platform,
-            kv_dtypes=dtypes or EXACT_KV_DTYPES,
-            gpu_total_bytes=total,
-            gpu_free_bytes=free,
-        )
+        report = _where(args, profile.gpu_indices()).predict(profile)
     except FitError as error:
         raise CommandError(f"fit: {error}", exit_code=2) from None
     if args.json:

@@ -8,6 +8,7 @@ second run on an edit costs only the arithmetic.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from textual import on, work
@@ -167,10 +168,7 @@ class FitBox(Vertical):
             problem = NOT_LOCAL
         else:
             if self._target is None:
-                target = local_target(self.engine)
-                self._target = FitTarget(
-                    target.platform, self.kv_dtypes, target.gpu_total_bytes, target.gpu_free_bytes
-                )
+                self._target = replace(local_target(self.engine), kv_dtypes=self.kv_dtypes)
             try:
                 report = self._target.predict(profile)
             except FitError as error:
