@@ -245,7 +245,11 @@ def _rounded(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ratio(numerator: float, denominator: float) -> float | None:
-    return numerator / denominator if denominator > 0 else None
+    if denominator <= 0:
+        return None
+    # A mangled page can hold a subnormal count: 1 / 2e-313 overflows to inf.
+    ratio = numerator / denominator
+    return ratio if math.isfinite(ratio) else None
 
 
 def windowed(baseline: RawScrape, newest: RawScrape, url: str) -> TelemetrySnapshot:
