@@ -773,6 +773,13 @@ def prediction_for_record(record: ServerRecord) -> FitReport | None:
     return report
 
 
+def check_record_fit(record: ServerRecord, readout: StartupReadout) -> str | None:
+    """The KV cache a launched server's vLLM allocated against qtui's arithmetic for its
+    profile (compare_with_readout); None when there is nothing to compare."""
+    prediction = prediction_for_record(record)
+    return compare_with_readout(prediction, readout) if prediction is not None else None
+
+
 READOUT_GIB_STEP = 0.005
 """vLLM logs its KV budget in GiB with two decimals: the true figure is within this."""
 

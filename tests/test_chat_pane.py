@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import signal
@@ -95,25 +96,38 @@ def stats_text(app: App[Any]) -> str:
     return str(list(app.query(ReplyTurn))[-1].query_one(".reply-stats", Static).render())
 
 
-def freeze_server_at_first_token(monkeypatch: pytest.MonkeyPatch, pgid: int) -> list[str]:
-    """SIGSTOP the server's group when the pane takes in the reply's first text.
-
-    Waiting for text on the screen is too late: it is drawn 10 times a second, and on a
-    busy machine the tiny model can stream its whole reply into the socket before the
-    test looks. Freezing at the first chunk leaves the rest of the reply unwritten.
-    Returns the chunks taken in, so the test can see the freeze happened.
-    """
+def record_reply_text(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The text chunks the pane takes in, as they arrive (before they are drawn)."""
     taken: list[str] = []
     add_content = ReplyTurn.add_content
 
-    def add_content_then_freeze(turn: ReplyTurn, text: str) -> None:
-        if not taken:
-            os.killpg(pgid, signal.SIGSTOP)
+    def add_and_record(turn: ReplyTurn, text: str) -> None:
         taken.append(text)
         add_content(turn, text)
 
-    monkeypatch.setattr(ReplyTurn, "add_content", add_content_then_freeze)
+    monkeypatch.setattr(ReplyTurn, "add_content", add_and_record)
     return taken
+
+
+async def send_with_the_server_paced(
+    pilot: Pilot[Any], pgid: int, taken: list[str], *keys: str
+) -> None:
+    """Type a message with the server frozen, then let the server run in 5 ms slices until
+    the pane has the reply's first text; returns with the server frozen mid-reply.
+
+    Left to run, the tiny model can write its whole reply into the socket before a busy
+    test process reads the first token (seen in CI and beside CPU hogs). In slices, at
+    most one slice of tokens is ahead of the pane, however loaded the machine is.
+    """
+    os.killpg(pgid, signal.SIGSTOP)
+    await type_keys(pilot, *keys)
+    deadline = time.monotonic() + 120
+    while not taken and time.monotonic() < deadline:
+        os.killpg(pgid, signal.SIGCONT)
+        time.sleep(0.005)  # blocks this process: only the server runs
+        os.killpg(pgid, signal.SIGSTOP)
+        await asyncio.sleep(0.05)  # the pane reads what the slice wrote
+    assert taken, "the reply's first text reached the pane"
 
 
 async def test_send_by_keys_stream_then_stop_with_escape(
@@ -125,16 +139,17 @@ async def test_send_by_keys_stream_then_stop_with_escape(
     async with app.run_test(size=SIZE) as pilot:
         pane = app.pane
         await pilot.press(*"/max 480", "enter", *"/temp 0.9", "enter", *"/ignore_eos on", "enter")
-        # Freeze the server mid-reply: on a fast machine the tiny model finishes 480
-        # tokens before a busy app reads the Esc key, so a live stream must be held open.
-        taken = freeze_server_at_first_token(monkeypatch, record.pgid)
+        # The server is held frozen mid-reply: on a fast machine the tiny model finishes
+        # 480 tokens before a busy app reads the Esc key, so a live stream must be held open.
+        taken = record_reply_text(monkeypatch)
         try:
             # Keys go in as the terminal driver sends them: pilot.press would wait for
             # the busy (streaming) app to go idle, up to seconds, and the tiny model
             # can finish its reply meanwhile.
-            await type_keys(pilot, *"Tell me a long story", "enter")
+            await send_with_the_server_paced(
+                pilot, record.pgid, taken, *"Tell me a long story", "enter"
+            )
             await until(pilot, lambda: len(reply_text(app)) > 0 or bool(app.finished))
-            assert taken, "the server was frozen at the reply's first text"
             assert not app.finished, f"the reply ended before Esc: {app.finished[0].message}"
             # Typing stays live while the reply streams.
             await type_keys(pilot, *"next")
@@ -199,10 +214,11 @@ async def test_server_killed_mid_reply_keeps_the_partial_reply(
             # Frozen at the first text, so the kill lands mid-reply however busy the
             # machine is; keys typed as the terminal sends them (pilot.press would wait
             # for the streaming app to go idle).
-            taken = freeze_server_at_first_token(monkeypatch, status.record.pgid)
-            await type_keys(pilot, *"Keep talking", "enter")
+            taken = record_reply_text(monkeypatch)
+            await send_with_the_server_paced(
+                pilot, status.record.pgid, taken, *"Keep talking", "enter"
+            )
             await until(pilot, lambda: len(reply_text(app)) > 0 or bool(app.finished))
-            assert taken, "the server was frozen at the reply's first text"
             assert not app.finished, f"the reply ended before the kill: {app.finished[0].message}"
             os.killpg(status.record.pgid, signal.SIGKILL)
             await until(pilot, lambda: bool(app.finished))

@@ -108,6 +108,10 @@ def test_m_on_drafts_well_and_m_off_removes_the_spec_counters(mtp_config: int) -
     assert first["spec"] == "mtp" and first["ready_after_s"] > 0
     gpu = first["gpu"]  # on a CPU box: the reason, on a GPU box: what the server holds
     assert gpu is not None and (gpu["no_gpu_reason"] or gpu["server_memory"] > 0), gpu
+    # The KV cache vLLM allocated, against qtui's arithmetic for the profile (MTP's
+    # drafter layer and state blocks included): exact with the profile's byte budget.
+    fit = first["telemetry"]["fit"]
+    assert fit.startswith("predicted ") and fit.endswith(" ✓"), fit
     generate(first["url"])
     acceptance = assert_drafts_well(run_figures(first["url"]))
 

@@ -202,7 +202,8 @@ def test_sigint_to_cli_while_waiting_does_not_orphan(configured: int) -> None:
     panel = subprocess.Popen([*QTUI, "serve", "start"], stderr=subprocess.PIPE, text=True)
     wait_for_phase({"starting", "loading"}, timeout=60)
     panel.send_signal(signal.SIGINT)
-    assert panel.wait(timeout=10) == 130
+    # A deadline, not a speed figure: beside CPU hogs the exit took over 10 s.
+    assert panel.wait(timeout=60) == 130
     data = status_json()
     assert data["phase"] in {"starting", "loading", "ready"}
     stopped = qtui("serve", "stop")

@@ -192,8 +192,10 @@ def status_json(status: ServerStatus) -> dict[str, Any]:
     and `gpu`: every GPU and the memory the server's processes hold on them.
 
     `telemetry` is null unless the server is ready (`startup` is the log's startup readout,
-    `spec_run` spec decoding since it started); `gpu` is null while no server runs.
+    `fit` the KV cache vLLM allocated against `qtui fit`'s arithmetic, `spec_run` spec
+    decoding since it started); `gpu` is null while no server runs.
     """
+    from backend.fit import check_record_fit
     from backend.speed_ledger import SpeedLedger
     from backend.telemetry_checks import scraper_for, startup_readout
 
@@ -213,7 +215,9 @@ def status_json(status: ServerStatus) -> dict[str, Any]:
             scraper.scrape()
             time.sleep(1.0)
             telemetry = scraper.scrape().to_json()
-        telemetry["startup"] = startup_readout(Path(status.record.log_path)).to_json()
+        readout = startup_readout(Path(status.record.log_path))
+        telemetry["startup"] = readout.to_json()
+        telemetry["fit"] = check_record_fit(status.record, readout)
         telemetry["speed"] = SpeedLedger().comparison(status.record).to_json()
         data["telemetry"] = telemetry
     return data
@@ -242,6 +246,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     if data["reason"]:
         print(f"reason   {data['reason']}")
     print(f"speed    {SpeedLedger(sup.state_dir).comparison(status.record).describe()}")
+    if status.phase is Phase.READY:
+        from backend.fit import check_record_fit
+        from backend.telemetry_checks import startup_readout
+
+        note = check_record_fit(status.record, startup_readout(Path(status.record.log_path)))
+        if note:
+            print(f"fit      {note}")
     print(f"log      {data['log']}")
     return 0
 

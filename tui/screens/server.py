@@ -324,14 +324,13 @@ class ServerScreen(Screen[None]):
     def _check_prediction(self, readout: StartupReadout) -> None:
         """The KV cache vLLM reports, next to what `qtui fit` predicted for the profile
         (the checkpoint is read in this thread, once per server)."""
-        from backend.fit import compare_with_readout, prediction_for_record
+        from backend.fit import check_record_fit
 
         app = self._qtui_app()
         if app.endpoint is not None or not app.booted:
             return
         record = app.supervisor.load_record()
-        prediction = prediction_for_record(record) if record is not None else None
-        note = compare_with_readout(prediction, readout) if prediction is not None else None
+        note = check_record_fit(record, readout) if record is not None else None
         if note:
             self.app.call_from_thread(self._set_fit_note, f"fit: {note}")
 
