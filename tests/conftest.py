@@ -35,6 +35,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, interrupt)
+    # Tests send SIGINT to the CLIs they start, as Ctrl-C does. A run started in the
+    # background (`make test &`) has SIGINT ignored, and an ignored signal stays ignored
+    # in every child: `serve start` would then run on to ready and `logs -f` never end.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # A test that asks for one of these needs the real engine (or the quant env): it is

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import os
 import signal
@@ -27,6 +26,7 @@ from backend.supervisor import ServerSupervisor
 from backend.transcripts import Conversation
 from tests.chat_sse_source import SSESource, scripted_reply
 from tests.conftest import RunningServer, free_port
+from tests.holding_relay import HoldingRelay
 from tui import gc_pause
 from tui.widgets.chat import ChatPane, ReplyTurn, UserTurn
 from tui.widgets.streamed_markdown import FoldedPart, SealedParts
@@ -96,60 +96,21 @@ def stats_text(app: App[Any]) -> str:
     return str(list(app.query(ReplyTurn))[-1].query_one(".reply-stats", Static).render())
 
 
-def record_reply_text(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The text chunks the pane takes in, as they arrive (before they are drawn)."""
-    taken: list[str] = []
-    add_content = ReplyTurn.add_content
-
-    def add_and_record(turn: ReplyTurn, text: str) -> None:
-        taken.append(text)
-        add_content(turn, text)
-
-    monkeypatch.setattr(ReplyTurn, "add_content", add_and_record)
-    return taken
-
-
-async def send_with_the_server_paced(
-    pilot: Pilot[Any], pgid: int, taken: list[str], *keys: str
-) -> None:
-    """Type a message with the server frozen, then let the server run in 5 ms slices until
-    the pane has the reply's first text; returns with the server frozen mid-reply.
-
-    Left to run, the tiny model can write its whole reply into the socket before a busy
-    test process reads the first token (seen in CI and beside CPU hogs). In slices, at
-    most one slice of tokens is ahead of the pane, however loaded the machine is.
-    """
-    os.killpg(pgid, signal.SIGSTOP)
-    await type_keys(pilot, *keys)
-    deadline = time.monotonic() + 120
-    while not taken and time.monotonic() < deadline:
-        os.killpg(pgid, signal.SIGCONT)
-        time.sleep(0.005)  # blocks this process: only the server runs
-        os.killpg(pgid, signal.SIGSTOP)
-        await asyncio.sleep(0.05)  # the pane reads what the slice wrote
-    assert taken, "the reply's first text reached the pane"
-
-
-async def test_send_by_keys_stream_then_stop_with_escape(
-    vllm_server: RunningServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    app = Host(ChatPane(vllm_server.url))
-    record = vllm_server.supervisor.status().record
-    assert record is not None
-    async with app.run_test(size=SIZE) as pilot:
-        pane = app.pane
-        await pilot.press(*"/max 480", "enter", *"/temp 0.9", "enter", *"/ignore_eos on", "enter")
-        # The server is held frozen mid-reply: on a fast machine the tiny model finishes
-        # 480 tokens before a busy app reads the Esc key, so a live stream must be held open.
-        taken = record_reply_text(monkeypatch)
-        try:
-            # Keys go in as the terminal driver sends them: pilot.press would wait for
-            # the busy (streaming) app to go idle, up to seconds, and the tiny model
-            # can finish its reply meanwhile.
-            await send_with_the_server_paced(
-                pilot, record.pgid, taken, *"Tell me a long story", "enter"
+async def test_send_by_keys_stream_then_stop_with_escape(vllm_server: RunningServer) -> None:
+    # The relay holds the reply open after its first dozen tokens: on a busy machine the
+    # tiny model otherwise finishes 480 tokens before the app reads the Esc key.
+    async with HoldingRelay(vllm_server.url) as relay:
+        app = Host(ChatPane(relay.url))
+        async with app.run_test(size=SIZE) as pilot:
+            pane = app.pane
+            await pilot.press(
+                *"/max 480", "enter", *"/temp 0.9", "enter", *"/ignore_eos on", "enter"
             )
+            # Keys go in as the terminal driver sends them: pilot.press would wait for
+            # the busy (streaming) app to go idle.
+            await type_keys(pilot, *"Tell me a long story", "enter")
             await until(pilot, lambda: len(reply_text(app)) > 0 or bool(app.finished))
+            assert relay.held == 1
             assert not app.finished, f"the reply ended before Esc: {app.finished[0].message}"
             # Typing stays live while the reply streams.
             await type_keys(pilot, *"next")
@@ -157,27 +118,26 @@ async def test_send_by_keys_stream_then_stop_with_escape(
             assert not app.finished, "the reply ended before Esc"
             await type_keys(pilot, "escape")
             await until(pilot, lambda: bool(app.finished))
-        finally:
-            os.killpg(record.pgid, signal.SIGCONT)
-        assert app.host_screen.escapes == 0, "Esc stopped the reply: the screen never saw it"
-        assert not pane.streaming
-        stopped = app.finished[-1].message
-        assert stopped.status == "cancelled" and stopped.content
-        assert stats_text(app).startswith("■ stopped")
-        assert reply_text(app) == stopped.content
-        # Server still healthy; the next message (typed by keys) completes.
-        async with httpx.AsyncClient() as http:
-            assert (await http.get(f"{vllm_server.url}/health")).status_code == 200
-        app.query_one(Input).value = ""
-        await pilot.press(*"/max 6", "enter", *"again", "enter")
-        await until(pilot, lambda: len(app.finished) == 2)
-        done = app.finished[-1].message
-        assert (done.status, done.finish_reason) == ("complete", "length"), done.error
-        assert "tok/s" in stats_text(app) and "out 6" in stats_text(app)
-        assert pane.model == "tiny"
-        # No reply streaming: Esc is the screen's again (focus leaves the input).
-        await pilot.press("escape")
-        assert app.host_screen.escapes == 1 and app.focused is None
+            assert app.host_screen.escapes == 0, "Esc stopped the reply: the screen never saw it"
+            assert not pane.streaming
+            stopped = app.finished[-1].message
+            assert stopped.status == "cancelled" and stopped.content
+            assert stats_text(app).startswith("■ stopped")
+            assert reply_text(app) == stopped.content
+            # Server still healthy; the next message (typed by keys) completes.
+            async with httpx.AsyncClient() as http:
+                assert (await http.get(f"{vllm_server.url}/health")).status_code == 200
+            app.query_one(Input).value = ""
+            relay.hold_replies = False
+            await pilot.press(*"/max 6", "enter", *"again", "enter")
+            await until(pilot, lambda: len(app.finished) == 2)
+            done = app.finished[-1].message
+            assert (done.status, done.finish_reason) == ("complete", "length"), done.error
+            assert "tok/s" in stats_text(app) and "out 6" in stats_text(app)
+            assert pane.model == "tiny"
+            # No reply streaming: Esc is the screen's again (focus leaves the input).
+            await pilot.press("escape")
+            assert app.host_screen.escapes == 1 and app.focused is None
     on_disk = Conversation.open(pane.conversation.id).messages
     assert [m.status for m in on_disk if m.role == "assistant"] == ["cancelled", "complete"]
     assert on_disk[1].content == stopped.content
@@ -197,40 +157,33 @@ async def test_escape_when_idle_reaches_the_screen() -> None:
 
 @pytest.mark.slow
 async def test_server_killed_mid_reply_keeps_the_partial_reply(
-    engine: Engine, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    engine: Engine, tiny_model: Path, tmp_path: Path
 ) -> None:
-    # A long context so the reply streams for seconds: the kill must land mid-reply.
-    profile = cpu_profile(str(tiny_model), port=free_port()).model_copy(
-        update={"max_model_len": 2048}
-    )
+    profile = cpu_profile(str(tiny_model), port=free_port())
     supervisor = ServerSupervisor(engine, state_dir=tmp_path / "own-server")
     status = supervisor.start("doomed", profile, timeout_s=300)
     assert status.record is not None
     try:
-        app = Host(ChatPane(status.record.url))
-        async with app.run_test(size=SIZE) as pilot:
-            # ignore_eos: a random-weight model may emit its end token at any step.
-            await pilot.press(*"/max 2000", "enter", *"/ignore_eos on", "enter")
-            # Frozen at the first text, so the kill lands mid-reply however busy the
-            # machine is; keys typed as the terminal sends them (pilot.press would wait
-            # for the streaming app to go idle).
-            taken = record_reply_text(monkeypatch)
-            await send_with_the_server_paced(
-                pilot, status.record.pgid, taken, *"Keep talking", "enter"
-            )
-            await until(pilot, lambda: len(reply_text(app)) > 0 or bool(app.finished))
-            assert not app.finished, f"the reply ended before the kill: {app.finished[0].message}"
-            os.killpg(status.record.pgid, signal.SIGKILL)
-            await until(pilot, lambda: bool(app.finished))
-            worker_states = [worker.state for worker in app.pane.workers]
-            assert WorkerState.ERROR not in worker_states, "no exception escaped the worker"
-            reply = app.finished[-1].message
-            assert reply.status == "interrupted" and reply.content
-            assert (
-                reply.error == f"the server at {status.record.url} closed the connection mid-reply"
-            )
-            assert stats_text(app).startswith(f"⚠ interrupted: {reply.error}")
-            assert reply_text(app) == reply.content
+        # The relay holds the reply open after its first dozen tokens, so the kill lands
+        # mid-reply however busy the machine is.
+        async with HoldingRelay(status.record.url) as relay:
+            app = Host(ChatPane(relay.url))
+            async with app.run_test(size=SIZE) as pilot:
+                # ignore_eos: a random-weight model may emit its end token at any step.
+                await pilot.press(*"/max 400", "enter", *"/ignore_eos on", "enter")
+                # Typed as the terminal sends keys (pilot.press waits for an idle app).
+                await type_keys(pilot, *"Keep talking", "enter")
+                await until(pilot, lambda: len(reply_text(app)) > 0 or bool(app.finished))
+                assert relay.held == 1 and not app.finished
+                os.killpg(status.record.pgid, signal.SIGKILL)
+                await until(pilot, lambda: bool(app.finished))
+                worker_states = [worker.state for worker in app.pane.workers]
+                assert WorkerState.ERROR not in worker_states, "no exception escaped the worker"
+                reply = app.finished[-1].message
+                assert reply.status == "interrupted" and reply.content
+                assert reply.error == f"the server at {relay.url} closed the connection mid-reply"
+                assert stats_text(app).startswith(f"⚠ interrupted: {reply.error}")
+                assert reply_text(app) == reply.content
         saved = Conversation.open(app.pane.conversation.id).messages[-1]
         assert (saved.status, saved.error, saved.content) == (
             "interrupted", reply.error, reply.content,
