@@ -16,7 +16,9 @@ Figures: first frame = spawn to the key bar's "palette" on screen;
 idle CPU = the app's own user+system time over `--idle-s` after a 4 s settle,
 as % of one core, with the telemetry on screen (beside the log from 120
 columns; below that qtui is shown its Telemetry tab with `t` first);
-key latency = writing `?` to the key list's first words on screen.
+key latency = writing `?` to the key list's first words on screen, for both apps;
+for qtui also `c` (the chat's key bar) and `e` (the profile editor), each from the
+Server screen.
 Targets (issue 10): first frame <= 1.25x the bare app, idle <= 1 %,
 a key <= 50 ms while /health hangs. The run ends with the server stopped.
 """
@@ -50,6 +52,9 @@ BIN = Path(sys.executable).parent
 FRAME_MARKER = "palette"
 HELP_MARKER = "remap any by its id"
 TELEMETRY_MARKER = "tok/s"
+OWN_KEYS = (("c", "New chat"), ("e", "Save as"))
+"""qtui's own keys, timed after `?`: `c` to the chat's key bar, `e` to the profile editor's."""
+ESCAPE = b"\x1b"
 WIDE_COLUMNS = 120
 """From here qtui shows the telemetry beside the log (tui/screens/server.py)."""
 SETTLE_S = 4.0
@@ -150,6 +155,24 @@ class PtyApp:
                 self._changed.wait(min(left, 0.5))
             return time.monotonic()
 
+    def wait_gone(self, words: str, timeout_s: float = 10.0) -> bool:
+        """Whether `words` left the screen within the timeout."""
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while words in self.screen.text():
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    return False
+                self._changed.wait(min(left, 0.5))
+            return True
+
+    def key_ms(self, key: bytes, words: str) -> float:
+        """Milliseconds from writing `key` to `words` on screen (10 s when they never show)."""
+        pressed = time.monotonic()
+        os.write(self.master, key)
+        shown = self.wait_for(words, timeout_s=10)
+        return 1000.0 * ((shown or time.monotonic()) - pressed)
+
     def cpu_seconds(self) -> float:
         times = psutil.Process(self.proc.pid).cpu_times()
         return float(times.user + times.system)
@@ -174,6 +197,7 @@ class Figures:
     first_frame_s: list[float] = field(default_factory=list)
     idle_cpu_pct: list[float] = field(default_factory=list)
     key_ms: list[float] = field(default_factory=list)
+    own_key_ms: dict[str, list[float]] = field(default_factory=dict)
 
 
 def measure_once(
@@ -185,6 +209,7 @@ def measure_once(
     into: Figures,
     *,
     show_telemetry: bool = False,
+    own_keys: bool = False,
 ) -> None:
     app = PtyApp(argv, cols, rows, env)
     try:
@@ -203,10 +228,16 @@ def measure_once(
             time.sleep(idle_s)
             used, span = app.cpu_seconds() - before, time.monotonic() - start
             into.idle_cpu_pct.append(100.0 * used / span)
-        pressed = time.monotonic()
-        os.write(app.master, b"?")
-        shown = app.wait_for(HELP_MARKER, timeout_s=10)
-        into.key_ms.append(1000.0 * ((shown or time.monotonic()) - pressed))
+        into.key_ms.append(app.key_ms(b"?", HELP_MARKER))
+        if own_keys:
+            # Each from the Server screen: Esc closes what the last key opened.
+            os.write(app.master, ESCAPE)
+            app.wait_gone(HELP_MARKER)
+            for key, words in OWN_KEYS:
+                into.own_key_ms.setdefault(key, []).append(app.key_ms(key.encode(), words))
+                os.write(app.master, ESCAPE)
+                if not app.wait_gone(words):
+                    raise SystemExit(f"Esc did not close what `{key}` opened at {cols}x{rows}")
     finally:
         app.close()
 
@@ -272,10 +303,11 @@ def main() -> int:
             for _ in range(options.runs):
                 for name, argv in apps.items():
                     figures = results.setdefault((situation, f"{cols}x{rows}", name), Figures())
-                    show_telemetry = name == "qtui" and situation == "server ready"
                     measure_once(
-                        argv, cols, rows, env, idle_s, figures, show_telemetry=show_telemetry
-                    )
+                        argv, cols, rows, env, idle_s, figures,
+                        show_telemetry=name == "qtui" and situation == "server ready",
+                        own_keys=name == "qtui",
+                    )  # fmt: skip
 
     run_situation("no server", 0.0)
     qtui(qtui_argv, "serve", "start", options.profile, env=env)
@@ -297,6 +329,13 @@ def main() -> int:
             f"{spread(figures.first_frame_s, ' s', 2):<22} "
             f"{spread(figures.idle_cpu_pct, ' %', 2):<20} {spread(figures.key_ms, ' ms', 0)}"
         )
+    print("qtui's own keys (ms, key to the screen it opens):")
+    for (situation, size, _app), figures in results.items():
+        if figures.own_key_ms:
+            keys = "   ".join(
+                f"{key} {spread(values, ' ms', 0)}" for key, values in figures.own_key_ms.items()
+            )
+            print(f"  {situation:<14} {size:<7} {keys}")
     print("ratio of first frames, qtui / bare (medians):")
     for situation, size in sorted({(s, z) for s, z, _ in results}):
         bare = statistics.median(results[(situation, size, "bare Textual")].first_frame_s)
