@@ -730,9 +730,11 @@ class FitTarget:
         )
 
 
-def local_target(engine: Engine | None, gpus: list[int] | None = None) -> FitTarget:
+def local_target(
+    engine: Engine | None, gpus: list[int] | None = None, *, sample_gpus: bool = True
+) -> FitTarget:
     """This machine with `engine`: a CPU build plans for CPU, else the GPUs NVML sees
-    (`gpus`: those chosen, else all).
+    (`gpus`: those chosen, else all; `sample_gpus=False` when the budget is known without).
 
     Runs a subprocess the first time an engine is asked about, and NVML: call it from
     a worker."""
@@ -741,7 +743,7 @@ def local_target(engine: Engine | None, gpus: list[int] | None = None) -> FitTar
     hybrid_caching = facts.hybrid_prefix_caching_default if facts is not None else True
     if engine is not None and engine_platform(engine) == "cpu":
         return FitTarget("cpu", dtypes, hybrid_prefix_caching_default=hybrid_caching)
-    memory = gpu_memory(gpus)
+    memory = gpu_memory(gpus) if sample_gpus else None
     platform: Platform = "cuda" if engine is not None or memory is not None else "cpu"
     total, free = (memory[1], memory[0]) if memory is not None else (None, None)
     return FitTarget(platform, dtypes, total, free, hybrid_caching)

@@ -123,7 +123,9 @@ def check_fits(profile: ServeProfile, engine: Engine) -> None:
     from backend.fit import FitError, local_target, refusal
 
     try:
-        report = local_target(engine, profile.gpu_indices()).predict(profile)
+        # An exact budget needs no NVML reading.
+        sample = profile.kv_cache_memory_bytes is None
+        report = local_target(engine, profile.gpu_indices(), sample_gpus=sample).predict(profile)
     except FitError:
         return
     message = refusal(report)

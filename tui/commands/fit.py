@@ -84,7 +84,7 @@ def _profile(args: argparse.Namespace) -> ServeProfile:
 
 def _where(args: argparse.Namespace, gpus: list[int] | None = None) -> FitTarget:
     """This machine (its engine and the GPUs chosen), or a GPU of the size asked."""
-    target = local_target(engine_or_none(settings()), gpus)
+    target = local_target(engine_or_none(settings()), gpus, sample_gpus=not args.gpu_memory_gib)
     if args.gpu_memory_gib:
         total = int(args.gpu_memory_gib * GIB)
         return replace(target, platform="cuda", gpu_total_bytes=total, gpu_free_bytes=None)
